@@ -1,0 +1,90 @@
+"""Every registered op, found by iterating the registry."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfnas.ops import OPS, BatchNorm, Pool, build_op
+
+CASES = [(name, stride, affine) for name in OPS.names() for stride in (1, 2)
+         for affine in (True, False)]
+
+
+@pytest.mark.parametrize("name,stride,affine", CASES)
+def test_op_contract(name, stride, affine):
+    c = 8
+    op = build_op(name, c, stride, affine, pool_bn=True)
+    x = tf.random.normal((2, 9 if stride == 2 else 8, 8, c))  # odd size at stride 2 too
+    y = op(x, training=True)
+    expect = (2, -(-x.shape[1] // stride), 8 // stride, c)
+    assert tuple(y.shape) == expect
+    assert tuple(op.compute_output_shape(x.shape)) == expect
+
+    # config round-trip: same class, same config, same number of weights
+    clone = type(op).from_config(op.get_config())
+    assert clone.get_config() == op.get_config()
+    clone(x)
+    assert len(clone.weights) == len(op.weights)
+    # serialization through Keras's registry (what .keras files use)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(op))
+    assert type(restored) is type(op)
+
+    # eager equals tf.function (inference mode; noise is random by definition)
+    if name != "noise":
+        eager = op(x, training=False)
+        graph = tf.function(lambda t: op(t, training=False))(x)
+        np.testing.assert_allclose(eager.numpy(), graph.numpy(), atol=1e-5)
+
+    # one gradient step runs and changes the weights (if any)
+    if op.trainable_weights:
+        opt = keras.optimizers.SGD(0.1)
+        before = [w.numpy().copy() for w in op.trainable_weights]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(op(x, training=True)))
+        grads = tape.gradient(loss, op.trainable_weights)
+        assert all(g is not None for g in grads)
+        opt.apply_gradients(zip(grads, op.trainable_weights))
+        assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, op.trainable_weights))
+
+
+def test_pool_bn_and_affine_weights():
+    assert isinstance(build_op("max_pool_3x3", 4, 1, False, pool_bn=True).bn, BatchNorm)
+    assert build_op("avg_pool_3x3", 4, 1, False, pool_bn=False).bn is None
+    sep = build_op("sep_conv_3x3", 4, 1, affine=False)
+    sep(tf.zeros((1, 8, 8, 4)))
+    assert len(sep.trainable_weights) == 4  # 2x (depthwise, pointwise); BN has no scale/offset
+    sep_aff = build_op("sep_conv_3x3", 4, 1, affine=True)
+    sep_aff(tf.zeros((1, 8, 8, 4)))
+    assert len(sep_aff.trainable_weights) == 8
+
+
+def test_avg_pool_excludes_padding_like_pytorch():
+    x = tf.reshape(tf.range(16, dtype=tf.float32), (1, 4, 4, 1))
+    y1 = Pool(1, 1, kind="avg")(x)[0, :, :, 0].numpy()
+    assert y1[0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)  # corner: 4 real pixels, not /9
+    y2 = Pool(1, 2, kind="avg")(x)[0, :, :, 0].numpy()
+    # symmetric padding 1 at stride 2 (PyTorch): window rows/cols {-1,0,1}, {1,2,3}
+    assert y2[0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
+    assert y2[1, 1] == pytest.approx(np.mean([5, 6, 7, 9, 10, 11, 13, 14, 15]))
+    m2 = Pool(1, 2, kind="max")(-x)[0, :, :, 0].numpy()
+    assert m2[0, 0] == 0.0  # padding never wins a max
+
+
+def test_batchnorm_matches_pytorch_conventions():
+    bn = BatchNorm(affine=False)
+    x = tf.random.normal((4, 3, 3, 2)) * 3.0 + 1.0
+    y = bn(x, training=True).numpy()
+    xn = x.numpy()
+    mean, var = xn.mean(axis=(0, 1, 2)), xn.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+    unbiased = xn.var(axis=(0, 1, 2), ddof=1)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * unbiased, rtol=1e-4)
+
+
+def test_bad_stride_and_channels():
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        build_op("sep_conv_3x3", 4, 3, True)
+    with pytest.raises(ValueError, match="channels must be positive"):
+        build_op("sep_conv_3x3", 0, 1, True)

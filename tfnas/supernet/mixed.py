@@ -1,0 +1,136 @@
+"""Architecture parameters with per-edge selection state, and the mixed op."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas.ops import build_op, serializable
+
+
+@serializable
+class ArchParameters(keras.layers.Layer):
+    """Alpha of one cell type plus its selection state, all as variables.
+
+    `alpha` [edges, max_ops] is the only trainable weight. The selection state is
+    non-trainable so PT can change it inside an already traced function (no retrace):
+
+    - `op_mask` [edges, max_ops]: 0 removes an op from the mixture (PT scoring). As in the
+      reference, the remaining softmax weights are not renormalised.
+    - `fixed_w` [edges, max_ops] and `is_fixed` [edges]: a decided edge uses its one-hot row
+      and gets no alpha gradient.
+    - `edge_mask` [edges]: 0 removes the whole edge (topology decisions).
+
+    Edges with fewer ops than `max_ops` are padded; padded entries always weigh 0.
+
+    Args:
+        ops_per_edge: number of candidate ops of each edge.
+    """
+
+    def __init__(self, ops_per_edge, **kwargs):
+        super().__init__(**kwargs)
+        self.ops_per_edge = [int(n) for n in ops_per_edge]
+        e, k = len(self.ops_per_edge), max(self.ops_per_edge)
+        valid = np.zeros((e, k), np.float32)
+        for i, n in enumerate(self.ops_per_edge):
+            valid[i, :n] = 1.0
+        self._valid = valid
+        self.alpha = self.add_weight(shape=(e, k), name="alpha",
+                                     initializer=keras.initializers.RandomNormal(stddev=1e-3))
+        self.op_mask = self.add_weight(shape=(e, k), name="op_mask", trainable=False,
+                                       initializer=keras.initializers.Constant(valid))
+        self.fixed_w = self.add_weight(shape=(e, k), name="fixed_w", trainable=False,
+                                       initializer="zeros")
+        self.is_fixed = self.add_weight(shape=(e,), name="is_fixed", trainable=False,
+                                        initializer="zeros")
+        self.edge_mask = self.add_weight(shape=(e,), name="edge_mask", trainable=False,
+                                         initializer="ones")
+        self.built = True
+
+    @property
+    def shape(self):
+        return self._valid.shape
+
+    def softmax(self, alpha=None):
+        """Softmax of alpha over each edge's real ops (padding gets exactly 0)."""
+        a = self.alpha.value if alpha is None else alpha
+        return tf.nn.softmax(a + (self._valid - 1.0) * 1e9, axis=-1)
+
+    def call(self, probs=None):
+        """Mixing weights [edges, max_ops] after masks and decisions.
+
+        Args:
+            probs: optional replacement for softmax(alpha) (e.g. SDARTS's perturbed
+                probabilities); decided and removed edges still override it.
+        """
+        soft = self.softmax() if probs is None else probs
+        w = tf.where(self.is_fixed.value[:, None] > 0.5, self.fixed_w.value,
+                     soft * self.op_mask.value)
+        return w * self.edge_mask.value[:, None]
+
+    # --- selection state (call outside `strategy.run`: assigns reach every replica) -----------
+    def fix_edge(self, edge, op_index):
+        row = np.zeros(self.shape[1], np.float32)
+        row[op_index] = 1.0
+        self.fixed_w[edge].assign(row)
+        self.is_fixed[edge].assign(1.0)
+
+    def mask_op(self, edge, op_index):
+        self.op_mask[edge, op_index].assign(0.0)
+
+    def reset_op_mask(self):
+        self.op_mask.assign(self._valid)
+
+    def remove_edge(self, edge, removed=True):
+        self.edge_mask[edge].assign(0.0 if removed else 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "ops_per_edge": self.ops_per_edge}
+
+
+@serializable
+class MixedOp(keras.layers.Layer):
+    """Weighted sum of candidate ops on one edge.
+
+    Ops whose weight is exactly zero are skipped with `tf.cond` on the weight tensor (one
+    graph serves every mask; a decided edge runs one op and a removed edge none).
+
+    Args:
+        op_names: the candidate ops of this edge.
+        channels: channels of the edge's input and output.
+        stride: 2 on the input edges of a reduction cell.
+        affine: BN scale/offset in the ops (False in search cells).
+        pool_bn: the DARTS extra BN after pooling ops.
+        skip_zero: skip ops with a zero weight.
+    """
+
+    def __init__(self, op_names, channels, stride=1, affine=False, pool_bn=True, skip_zero=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.op_names, self.channels, self.stride = list(op_names), int(channels), int(stride)
+        self.affine, self.pool_bn, self.skip_zero = bool(affine), bool(pool_bn), bool(skip_zero)
+        self.ops = [build_op(n, channels, stride, affine, pool_bn, name=n) for n in op_names]
+
+    def build(self, input_shape):
+        for op in self.ops:
+            op.build(input_shape)
+
+    def call(self, x, weights, training=False):
+        n, h, w_, _ = x.shape
+        s = self.stride
+        out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
+        total = None
+        for k, op in enumerate(self.ops):
+            wk = weights[k]
+            if self.skip_zero:
+                y = tf.cond(tf.not_equal(wk, 0.0),
+                            lambda op=op, wk=wk: wk * op(x, training=training),
+                            lambda: tf.zeros(out_shape, x.dtype))
+            else:
+                y = wk * op(x, training=training)
+            total = y if total is None else total + y
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "op_names": self.op_names, "channels": self.channels,
+                "stride": self.stride, "affine": self.affine, "pool_bn": self.pool_bn,
+                "skip_zero": self.skip_zero}
