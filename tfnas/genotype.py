@@ -46,6 +46,7 @@ class Genotype:
     cells: dict
     meta: dict = dataclasses.field(default_factory=dict)
 
+
     # --- JSON -----------------------------------------------------------------------------
     def to_json(self):
         out = {"format": FORMAT, "space": self.space, "cells": {}}
@@ -148,6 +149,9 @@ class Genotype:
                                 f"{list(space.cell_types)}, got {list(self.cells)}")
         for ctype in space.cell_types:
             self._validate_cell(space, ctype, f"{where}.cells.{ctype}")
+            # Canonical order (errors above name the positions as given), so equal
+            # architectures serialize equally.
+            self.cells[ctype]["edges"].sort(key=lambda e: (e.node, e.input))
 
     def _validate_cell(self, space, ctype, loc):
         cspace, cell = space.cells[ctype], self.cells[ctype]

@@ -140,6 +140,22 @@ class Supernet(keras.Model):
     def softmax_numpy(self):
         return {t: np.asarray(a.softmax()) for t, a in zip(self.space.cell_types, self.archs)}
 
+    def apply_genotype(self, genotype):
+        """Fixes every edge to `genotype`: kept edges one-hot on their op, other edges removed.
+        The supernet then computes exactly the discrete architecture (zero-weight ops are
+        skipped)."""
+        for ctype in self.space.cell_types:
+            arch, cspace = self.arch(ctype), self.space.cells[ctype]
+            kept = genotype.kept_ops(ctype)
+            for e, (node, j) in enumerate(cspace.edges):
+                op = kept.get((node, j))
+                if op is None or op == "none":
+                    arch.fix_edge(e, 0)
+                    arch.remove_edge(e)
+                else:
+                    arch.fix_edge(e, cspace.ops[e].index(op))
+                    arch.remove_edge(e, removed=False)
+
     def set_synchronized_bn(self, synchronized=True):
         """Use cross-replica batch statistics in every BN (set before tracing)."""
         for layer in self._flatten_layers(include_self=False, recursive=True):
