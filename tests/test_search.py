@@ -1,0 +1,186 @@
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import tiny_config
+from tfnas.errors import CheckpointError, TrainingError, WorkdirError
+from tfnas.io import read_jsonl
+from tfnas.search import SearchLoop, cosine_lr, run_search
+from tfnas.search import loop as loop_module
+
+
+def test_cosine_schedule_matches_pytorch():
+    assert cosine_lr(0, 50, 0.025, 0.001) == pytest.approx(0.025)
+    assert cosine_lr(25, 50, 0.025, 0.001) == pytest.approx(0.013)
+    assert cosine_lr(50, 50, 0.025, 0.001) == pytest.approx(0.001)
+
+
+def test_search_writes_the_run_directory_and_loss_goes_down(tmp_path):
+    cfg = tiny_config(str(tmp_path), epochs=4, steps_per_epoch=6, channels=8)
+    wd = str(tmp_path / "run")
+    g = run_search(cfg, wd, log=lambda s: None)
+    for name in ("config.json", "env.json", "alphas.jsonl", "metrics.jsonl",
+                 "genotype_magnitude.json", "tb"):
+        assert os.path.exists(os.path.join(wd, name)), name
+    metrics = read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.2
+    alphas = read_jsonl(os.path.join(wd, "alphas.jsonl"))
+    assert len(alphas) == 4 and np.allclose(np.sum(alphas[-1]["softmax"]["normal"], 1), 1.0)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["ckpt-00002.npz",
+                                                                   "ckpt-00003.npz"]
+    assert g.meta["method"] == "first_order" and g.meta["selector"] == "magnitude"
+
+
+def _one_epoch(tmp_path, **kw):
+    cfg = tiny_config(str(tmp_path), epochs=1, steps_per_epoch=2, **kw)
+    loop = SearchLoop(cfg, str(tmp_path / "w"), tf.distribute.get_strategy(), is_chief=False,
+                      log=lambda s: None)
+    a0 = [a.numpy().copy() for a in loop.alphas]
+    w0 = [w.numpy().copy() for w in loop.weights]
+    loop.run()
+    a1 = [a.numpy() for a in loop.alphas]
+    w1 = [w.numpy() for w in loop.weights]
+    return a0, a1, w0, w1
+
+
+@pytest.mark.parametrize("rule", ["first_order", "second_order"])
+def test_arch_updates_train_alpha_and_weights(tmp_path, rule):
+    a0, a1, w0, w1 = _one_epoch(tmp_path, arch_update=rule)
+    assert all(not np.array_equal(x, y) for x, y in zip(a0, a1))
+    assert sum(not np.array_equal(x, y) for x, y in zip(w0, w1)) > 0.9 * len(w0)
+
+
+def test_frozen_alpha_is_bit_identical(tmp_path):
+    a0, a1, w0, w1 = _one_epoch(tmp_path, arch_update="frozen")
+    assert all(np.array_equal(x, y) for x, y in zip(a0, a1))
+    assert sum(not np.array_equal(x, y) for x, y in zip(w0, w1)) > 0.9 * len(w0)
+
+
+def test_second_order_hypergradient_matches_double_backprop(tmp_path):
+    # A one-cell supernet of avg_pool/skip edges: smooth enough that the double-backprop
+    # reference is trustworthy (see the README's notes on second order with sep convs).
+    space = tmp_path / "smooth.json"
+    space.write_text('{"name": "smooth", "family": "darts", "steps": 2, '
+                     '"ops": ["avg_pool_3x3", "skip_connect"]}')
+    cfg = tiny_config(str(tmp_path), arch_update="second_order", epochs=1, space=str(space),
+                      channels=8, layers=1)
+    loop = SearchLoop(cfg, str(tmp_path / "w"), tf.distribute.get_strategy(), is_chief=False)
+    rng = np.random.default_rng(0)
+    bt = (tf.constant(rng.normal(size=(32, 8, 8, 1)), tf.float32),
+          tf.constant(rng.integers(0, 10, 32)))
+    bv = (tf.constant(rng.normal(size=(32, 8, 8, 1)), tf.float32),
+          tf.constant(rng.integers(0, 10, 32)))
+    lr, wd = float(loop.w_opt.learning_rate.numpy()), cfg.weight_decay
+    model = loop.model
+    fd = [g.numpy() for g in loop.arch_update.hypergradient(loop, bt, bv)]
+
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    a_idx = [i for i, v in enumerate(model.trainable_variables)
+             if any(v is a for a in model.alphas)]
+    alphas = [tv[i] for i in a_idx]
+
+    def loss(values, batch):
+        logits, _ = model.stateless_call(values, ntv, batch[0], training=True)
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            batch[1], logits, from_logits=True))
+
+    with tf.GradientTape() as outer:
+        outer.watch(alphas)
+        vals = list(tv)
+        for i, a in zip(a_idx, alphas):
+            vals[i] = a
+        w_idx = [i for i in range(len(tv)) if i not in a_idx]
+        with tf.GradientTape() as inner:
+            inner.watch([vals[i] for i in w_idx])
+            lt = loss(vals, bt)
+        g = inner.gradient(lt, [vals[i] for i in w_idx])
+        unrolled = list(vals)
+        for i, gi in zip(w_idx, g):
+            unrolled[i] = vals[i] - lr * (gi + wd * vals[i])
+        lv = loss(unrolled, bv)
+    exact = [np.zeros(a.shape, np.float32) if x is None else x.numpy()
+             for x, a in zip(outer.gradient(lv, alphas), alphas)]  # no reduce cell: None
+    assert np.abs(exact[0]).sum() > 0
+    num = math.sqrt(sum(((f - e) ** 2).sum() for f, e in zip(fd, exact)))
+    den = math.sqrt(sum((e ** 2).sum() for e in exact))
+    assert num / den < 0.02, num / den
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    cfg = tiny_config(str(tmp_path), epochs=3, steps_per_epoch=3)
+    full = run_search(cfg, str(tmp_path / "full"), log=lambda s: None)
+
+    lines = []
+
+    def die_after_epoch_2(line):
+        lines.append(line)
+        if line.startswith("epoch 2/3"):
+            raise KeyboardInterrupt  # as if killed right after the checkpoint of epoch 2
+
+    wd = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, wd, log=die_after_epoch_2)
+    assert len(read_jsonl(os.path.join(wd, "metrics.jsonl"))) == 2
+    resumed_lines = []
+    resumed = run_search(cfg, wd, log=resumed_lines.append)
+    assert resumed_lines[0].startswith("resuming") and len(resumed_lines) == 2
+    assert resumed.meta["alphas_digest"] == full.meta["alphas_digest"]
+    assert resumed.to_json()["cells"] == full.to_json()["cells"]
+    a_full = read_jsonl(str(tmp_path / "full" / "alphas.jsonl"))
+    a_res = read_jsonl(os.path.join(wd, "alphas.jsonl"))
+    assert [r["epoch"] for r in a_res] == [0, 1, 2]
+    np.testing.assert_allclose(a_res[-1]["softmax"]["normal"], a_full[-1]["softmax"]["normal"],
+                               atol=1e-6)
+
+
+def test_same_seed_same_result(tmp_path):
+    cfg = tiny_config(str(tmp_path), epochs=1)
+    g1 = run_search(cfg, str(tmp_path / "a"), log=lambda s: None)
+    g2 = run_search(cfg, str(tmp_path / "b"), log=lambda s: None)
+    assert g1.meta["alphas_digest"] == g2.meta["alphas_digest"]
+
+
+def test_different_config_is_refused_unless_overwrite(tmp_path):
+    cfg = tiny_config(str(tmp_path), epochs=1)
+    wd = str(tmp_path / "run")
+    run_search(cfg, wd, log=lambda s: None)
+    before = open(os.path.join(wd, "config.json")).read()
+    other = tiny_config(str(tmp_path), epochs=1, lr=0.01)
+    with pytest.raises(WorkdirError, match=r"different config \(lr: 0.025 -> 0.01\)"):
+        run_search(other, wd, log=lambda s: None)
+    assert open(os.path.join(wd, "config.json")).read() == before
+    run_search(other, wd, overwrite=True, log=lambda s: None)
+    assert '"lr": 0.01' in open(os.path.join(wd, "config.json")).read()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(str(tmp_path), epochs=3, grad_clip=0.0)
+    monkeypatch.setattr(loop_module, "cosine_lr",
+                        lambda e, *a: 0.025 if e == 0 else 1e30)
+    wd = str(tmp_path / "run")
+    with pytest.raises(TrainingError, match=r"training loss became (nan|inf) at epoch 1"):
+        run_search(cfg, wd, log=lambda s: None)
+    ckpts = sorted(os.listdir(os.path.join(wd, "checkpoints")))
+    assert ckpts == ["ckpt-00000.npz"]
+    monkeypatch.undo()
+    loop = SearchLoop(cfg, wd, tf.distribute.get_strategy(), log=lambda s: None)
+    assert loop.checkpointer.restore_latest() == {"epoch": 0}
+    assert all(np.isfinite(v.numpy()).all() for v in loop.model.variables)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
+    cfg = tiny_config(str(tmp_path), epochs=1)
+    wd = str(tmp_path / "run")
+    run_search(cfg, wd, log=lambda s: None)
+    path = os.path.join(wd, "checkpoints", "ckpt-00000.npz")
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(CheckpointError, match="ckpt-00000.npz is unreadable"):
+        run_search(cfg, wd, log=lambda s: None)
+    assert open(path, "rb").read() == b"garbage"

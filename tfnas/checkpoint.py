@@ -1,0 +1,101 @@
+"""Complete, atomic checkpoints of a supernet, its optimizers and the loop state.
+
+A checkpoint is one `.npz` file: every model variable (weights, alphas, selection state,
+BN statistics, RNG states), every optimizer variable and a JSON `state` blob (epoch, ...).
+Variables are matched by position and shape on restore, and every one must be present, so
+nothing is silently dropped (the `tf.train.Checkpoint` trap of TF_NOTES 3).
+"""
+
+import glob
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from tfnas.errors import CheckpointError
+
+
+def _entries(groups):
+    """[(key, variable)] for {group: [variables]}, keys unique and stable."""
+    out = []
+    for group, variables in groups.items():
+        for i, v in enumerate(variables):
+            # By position: Keras puts per-instance names ("supernet_2") into variable paths.
+            out.append((f"{group}/{i:05d}", v))
+    return out
+
+
+class Checkpointer:
+    """Saves and restores `groups` ({name: [variables]}) under `folder`.
+
+    Args:
+        folder: where `ckpt-<epoch>.npz` files live.
+        groups: e.g. {"model": model.variables, "w_opt": opt.variables}.
+        keep: how many recent checkpoints to keep.
+    """
+
+    def __init__(self, folder, groups, keep=2):
+        self.folder, self.groups, self.keep = folder, groups, int(keep)
+
+    def path(self, epoch):
+        return os.path.join(self.folder, f"ckpt-{epoch:05d}.npz")
+
+    def list(self):
+        found = []
+        for p in glob.glob(os.path.join(self.folder, "ckpt-*.npz")):
+            m = re.fullmatch(r"ckpt-(\d+)\.npz", os.path.basename(p))
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def save(self, epoch, state):
+        os.makedirs(self.folder, exist_ok=True)
+        arrays = {k: np.asarray(v.numpy()) for k, v in _entries(self.groups)}
+        arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ckpt-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(epoch))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        for _, old in self.list()[:-self.keep]:
+            os.unlink(old)
+
+    def restore(self, path):
+        """Restores every variable from `path`; returns the state dict.
+
+        Raises:
+            CheckpointError: unreadable file, or a variable missing / shaped differently (the
+                file is left untouched).
+        """
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+            state = json.loads(arrays.pop("__state__").tobytes().decode())
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                                  f"delete it to resume from an earlier one, or pass "
+                                  f"--overwrite") from e
+        entries = _entries(self.groups)
+        for key, v in entries:  # check everything before assigning anything
+            if key not in arrays:
+                raise CheckpointError(f"checkpoint {path} lacks variable {key}; it was written "
+                                      f"by a different model or config")
+            if tuple(arrays[key].shape) != tuple(v.shape):
+                raise CheckpointError(f"checkpoint {path}: {key} has shape "
+                                      f"{arrays[key].shape}, the model has {tuple(v.shape)}")
+        for key, v in entries:
+            v.assign(arrays[key])
+        return state
+
+    def restore_latest(self):
+        """Restores the newest checkpoint; returns its state or None when there is none."""
+        found = self.list()
+        return self.restore(found[-1][1]) if found else None

@@ -1,0 +1,142 @@
+"""The `tfnas` command: one entry point, one subcommand per stage.
+
+Flags are derived from the config dataclasses (one declaration per hyperparameter) and
+parsed with absl's argparse_flags, so `--flagfile=configs/x.cfg` works after the subcommand:
+
+    tfnas search --flagfile=configs/quickstart.cfg --workdir=runs/quickstart
+"""
+
+import dataclasses
+import logging
+import os
+import sys
+
+from absl import flags as absl_flags
+from absl.flags import argparse_flags
+
+from tfnas.errors import TfnasError, UsageError
+
+EXIT_USAGE, EXIT_RUNTIME = 2, 1
+
+
+class _Parser(argparse_flags.ArgumentParser):
+    """Usage errors as one line and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _bool(text):
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+_bool.__name__ = "boolean"
+
+
+def add_config_flags(parser, config_cls):
+    """One flag per dataclass field: type from the default, help from the metadata."""
+    for f in dataclasses.fields(config_cls):
+        kw = {"default": f.default, "help": f.metadata.get("help", "") +
+              f" (default: {f.default!r})"}
+        if isinstance(f.default, bool):
+            kw.update(type=_bool, nargs="?", const=True)
+        else:
+            kw["type"] = type(f.default)
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{f.name}", **kw)
+
+
+def _config_from_args(args, config_cls):
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def _add_run_flags(p):
+    p.add_argument("--workdir", required=True, help="the run directory (created or resumed)")
+    p.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
+                   help="discard what the workdir holds and start again")
+    p.add_argument("--strategy", default="default",
+                   choices=("default", "mirrored", "multi_worker"),
+                   help="tf.distribute strategy; multi_worker reads TF_CONFIG")
+    p.add_argument("--cpu_devices", type=int, default=0,
+                   help="split the CPU into N logical devices (to run 'mirrored' on a CPU)")
+
+
+def build_parser():
+    from tfnas.config import SearchConfig
+    parser = _Parser(prog="tfnas", description="Differentiable NAS with perturbation-based "
+                                              "architecture selection (DARTS-PT).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    search = sub.add_parser("search", help="train a weight-sharing supernet",
+                            description="Train a supernet (DARTS first/second order or fixed "
+                                        "alpha) and write the run directory.")
+    _add_run_flags(search)
+    add_config_flags(search, SearchConfig)
+    search.set_defaults(handler=cmd_search)
+    return parser
+
+
+def cmd_search(args):
+    from tfnas.config import SearchConfig
+    from tfnas.distribute import make_strategy
+    from tfnas.search import run_search
+    config = _config_from_args(args, SearchConfig).validate()
+    strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
+    genotype = run_search(config, args.workdir, args.overwrite, strategy, is_chief)
+    if is_chief:
+        print(f"magnitude genotype: {os.path.join(args.workdir, 'genotype_magnitude.json')}")
+    print(f"final alphas digest: {genotype.meta['alphas_digest']}", flush=True)
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except TfnasError as e:
+        print(f"tfnas: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except absl_flags.Error as e:  # e.g. a missing --flagfile
+        print(f"tfnas: error: {str(e).replace('ERROR:: ', '')}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tfnas: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+def _quiet_tensorflow_import():
+    """Imports TensorFlow with its C++ start-up banner (written straight to fd 2 before any
+    log setting applies) sent to a temporary file; shown only if the import fails."""
+    import tempfile
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            sys.stderr.write(tmp.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def console_main():
+    _quiet_tensorflow_import()
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,114 @@
+"""Typed, validated configs. Flags are parsed into these; library code never reads flags.
+
+Each field's `metadata["help"]` is the flag's help text: the CLI derives its flags from the
+dataclass, so a hyperparameter is declared exactly once.
+"""
+
+import dataclasses
+import json
+import math
+
+from tfnas.errors import ConfigError
+
+
+def _f(default, help, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Hyperparameters of a supernet search (REFERENCE 3 defaults)."""
+
+    # data
+    dataset: str = _f("digits", "digits | cifar10 | cifar100 | svhn | folder:PATH | npz:PATH")
+    data_dir: str = _f("", "tensorflow-datasets data_dir (default: tfds's own)")
+    download: bool = _f(False, "let tensorflow-datasets download the data (needs internet)")
+    train_portion: float = _f(0.5, "share of the training set used for weights; the rest "
+                                    "trains alpha")
+    limit_examples: int = _f(0, "use only the first N training examples (0: all); for smoke "
+                                "runs")
+    cutout: bool = _f(False, "cutout augmentation (probability ramped up over the epochs)")
+    cutout_length: int = _f(16, "cutout square side in pixels")
+    cutout_prob: float = _f(1.0, "final cutout probability")
+    # model
+    space: str = _f("darts", "search space name or path to a space JSON")
+    channels: int = _f(16, "initial channels C")
+    layers: int = _f(8, "cells (DARTS family) or cells per stage (NB201)")
+    skip_zero_ops: bool = _f(False, "skip ops whose mixing weight is exactly zero (tf.cond per "
+                                    "op: pays off once edges are decided, but triples tracing)")
+    sync_bn: bool = _f(False, "batch statistics over the global batch under multi-replica "
+                              "strategies")
+    # optimisation
+    epochs: int = _f(50, "search epochs")
+    batch_size: int = _f(64, "global batch size (train and alpha batches)")
+    lr: float = _f(0.025, "weight learning rate (cosine schedule start)")
+    lr_min: float = _f(0.001, "cosine schedule end")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(3e-4, "coupled L2 on the weights, as PyTorch's SGD")
+    grad_clip: float = _f(5.0, "global-norm clip of the weight gradients (0: off)")
+    arch_update: str = _f("first_order", "how alpha is trained",
+                          ("first_order", "second_order", "frozen"))
+    arch_lr: float = _f(3e-4, "Adam learning rate of alpha")
+    arch_beta1: float = _f(0.5, "Adam beta_1 of alpha")
+    arch_beta2: float = _f(0.999, "Adam beta_2 of alpha")
+    arch_weight_decay: float = _f(1e-3, "coupled L2 on alpha, as PyTorch's Adam")
+    perturbation: str = _f("none", "alpha perturbation during the weight step", ("none",))
+    # run
+    seed: int = _f(2, "seed of weights, alpha init and data order")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0: a full pass over the weight split)")
+    eval_every: int = _f(1, "evaluate on the alpha split every N epochs")
+    ckpt_every: int = _f(1, "checkpoint every N epochs")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    jit_compile: bool = _f(False, "XLA-compile the step (slower on CPU; try on GPU)")
+
+    def validate(self):
+        """Raises ConfigError naming the field, the value and what is expected."""
+        def need(cond, name, expected):
+            if not cond:
+                raise ConfigError(f"--{name}={getattr(self, name)!r} is invalid: expected "
+                                  f"{expected}")
+        for name in ("epochs", "batch_size", "channels", "layers", "eval_every", "ckpt_every",
+                     "keep_checkpoints", "cutout_length"):
+            need(getattr(self, name) > 0, name, "a positive integer")
+        for name in ("limit_examples", "steps_per_epoch"):
+            need(getattr(self, name) >= 0, name, "0 or a positive integer")
+        need(0.0 < self.train_portion < 1.0, "train_portion", "a number in (0, 1)")
+        for name in ("lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
+                     "arch_weight_decay"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, name,
+                 "a non-negative number")
+        need(self.lr_min <= self.lr, "lr_min", f"at most --lr={self.lr}")
+        for name in ("arch_beta1", "arch_beta2", "cutout_prob"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "a number in [0, 1]")
+        need(self.momentum < 1.0, "momentum", "a number in [0, 1)")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                need(getattr(self, f.name) in choices, f.name, "one of " + ", ".join(choices))
+        from tfnas.data import DATASETS, dataset_kind
+        kind = dataset_kind(self.dataset)
+        need(kind in DATASETS, "dataset", "one of " + ", ".join(
+            n + (":PATH" if n in ("folder", "npz") else "") for n in DATASETS.names()))
+        from tfnas.spaces import get_space
+        try:
+            get_space(self.space)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"--space={self.space!r} is invalid: {e}") from e
+        return self
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        return cls(**obj)
+
+    def dumps(self):
+        return json.dumps(self.to_json(), indent=1, sort_keys=True)

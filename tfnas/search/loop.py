@@ -1,0 +1,322 @@
+"""The alternating search loop: alpha step on a validation batch, then weight step.
+
+One `tf.function` per run serves every epoch. Gradients are computed per replica, summed
+across replicas and applied in the cross-replica context, so global-norm clipping sees the
+global gradient (TF_NOTES 1) and alphas stay identical on every replica.
+"""
+
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas.checkpoint import Checkpointer
+from tfnas.config import SearchConfig
+from tfnas.data import Pipeline, bilevel_split, load_dataset
+from tfnas.errors import TrainingError, WorkdirError
+from tfnas.io import append_jsonl, atomic_write_json, read_jsonl
+from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
+from tfnas.selection import magnitude_genotype
+from tfnas.spaces import get_space
+from tfnas.supernet import build_supernet
+
+RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
+             "genotype_magnitude.json")
+
+
+def cosine_lr(epoch, epochs, lr, lr_min):
+    """PyTorch's CosineAnnealingLR(T_max=epochs, eta_min) value at `epoch`."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def prepare_workdir(workdir, config, overwrite, is_chief=True):
+    """Creates the run directory, or checks that an existing one ran the same config.
+
+    Raises:
+        WorkdirError: the workdir holds a different config and `overwrite` is False.
+    """
+    cfg_path = os.path.join(workdir, "config.json")
+    if os.path.exists(cfg_path) and not overwrite:
+        import json
+        with open(cfg_path) as f:
+            old = json.load(f)
+        new = config.to_json()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+            raise WorkdirError(f"workdir {workdir} holds a run with a different config ({shown}); "
+                               f"use another --workdir, or --overwrite to discard it")
+        return
+    if is_chief:
+        if overwrite:
+            for name in RUN_FILES:
+                p = os.path.join(workdir, name)
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                elif os.path.exists(p):
+                    os.unlink(p)
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(cfg_path, config.to_json())
+
+
+class SearchLoop:
+    """Trains a supernet as REFERENCE section 3.
+
+    Args:
+        config: a validated SearchConfig.
+        workdir: the run directory.
+        strategy: a tf.distribute.Strategy.
+        is_chief: only the chief writes files.
+        log: callable taking one line of progress text.
+    """
+
+    def __init__(self, config, workdir, strategy, is_chief=True, log=None):
+        self.config, self.workdir, self.strategy = config, workdir, strategy
+        self.is_chief = is_chief
+        self.log = log or (lambda s: print(s, flush=True))
+        self.replicas = strategy.num_replicas_in_sync
+        if config.batch_size % self.replicas:
+            raise WorkdirError(f"--batch_size={config.batch_size} must be divisible by the "
+                               f"{self.replicas} replicas")
+        keras.utils.set_random_seed(config.seed)
+        self.data = load_dataset(config.dataset, config.data_dir, config.download,
+                                 config.limit_examples)
+        self.train_idx, self.valid_idx = bilevel_split(len(self.data.x_train),
+                                                       config.train_portion)
+        if len(self.train_idx) < config.batch_size or len(self.valid_idx) < config.batch_size:
+            raise WorkdirError(
+                f"--batch_size={config.batch_size} is larger than a split of {config.dataset} "
+                f"({len(self.train_idx)} weight / {len(self.valid_idx)} alpha examples)")
+        self.pipeline = Pipeline(self.data, config.batch_size, config.seed, config.cutout,
+                                 config.cutout_length)
+        self.steps = len(self.train_idx) // config.batch_size
+        if config.steps_per_epoch:
+            self.steps = min(self.steps, config.steps_per_epoch)
+        self.space = get_space(config.space)
+        self.arch_update = ARCH_UPDATES.get(config.arch_update)()
+        self.perturbation = PERTURBATIONS.get(config.perturbation)()
+        with strategy.scope():
+            self.model = build_supernet(self.space, config.channels, config.layers,
+                                        self.data.num_classes, self.data.input_shape,
+                                        skip_zero=config.skip_zero_ops)
+            if config.sync_bn:
+                self.model.set_synchronized_bn(True)
+            self.alphas, self.weights = self.model.alphas, self.model.weight_variables
+            self.w_opt = keras.optimizers.SGD(config.lr, momentum=config.momentum)
+            self.w_opt.build(self.weights)
+            self.a_opt = keras.optimizers.Adam(config.arch_lr, beta_1=config.arch_beta1,
+                                               beta_2=config.arch_beta2)
+            self.a_opt.build(self.alphas)
+            self.metrics = {k: keras.metrics.Mean(name=k) for k in
+                            ("train_loss", "alpha_loss", "valid_loss")}
+            self.metrics.update({k: keras.metrics.SparseCategoricalAccuracy(name=k) for k in
+                                 ("train_acc", "alpha_acc", "valid_acc")})
+            self.arch_update.setup(self)
+            self.perturbation.setup(self)
+        self.checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            {"model": self.model.variables, "w_opt": self.w_opt.variables,
+             "a_opt": self.a_opt.variables}, keep=config.keep_checkpoints)
+        self._step_fn = tf.function(self._step, jit_compile=config.jit_compile or None)
+        self._eval_fn = tf.function(self._eval_step)
+
+    # --- pieces used by components (inside the traced step) --------------------------------
+    def _loss(self, x, y, training=True, probs=None, metrics=None):
+        logits = self.model(x, training=training, probs=probs)
+        per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        if metrics:
+            self.metrics[metrics + "_loss"].update_state(per_example)
+            self.metrics[metrics + "_acc"].update_state(y, logits)
+        return tf.nn.compute_average_loss(per_example,
+                                          global_batch_size=self.config.batch_size)
+
+    def reduced_grads(self, batch, variables, metrics=None, probs=None):
+        """Gradients of the batch loss w.r.t. `variables`, summed over replicas."""
+        def replica_fn(x, y):
+            with tf.GradientTape() as tape:
+                loss = self._loss(x, y, training=True, probs=probs, metrics=metrics)
+            grads = tape.gradient(loss, variables)
+            # e.g. the reduce alpha of a net too shallow to have a reduction cell
+            return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        per_replica = self.strategy.run(replica_fn, args=batch)
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
+                for g in per_replica]
+
+    def apply_alpha_grads(self, grads):
+        wd = self.config.arch_weight_decay
+        self.a_opt.apply_gradients(
+            [(g + wd * a, a) for g, a in zip(grads, self.alphas)])
+
+    def _step(self, bt, bv):
+        if self.arch_update.trains_alpha:
+            self.arch_update.step(self, bt, bv)
+        probs = self.perturbation.probs(self, bt)
+        grads = self.reduced_grads(bt, self.weights, metrics="train", probs=probs)
+        if self.config.grad_clip > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip)
+        # Coupled L2 added after clipping, as torch's SGD(weight_decay) after clip_grad_norm_.
+        wd = self.config.weight_decay
+        self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
+        return self.metrics["train_loss"].result()
+
+    def _eval_step(self, batch):
+        def replica_fn(x, y):
+            self._loss(x, y, training=False, metrics="valid")
+        self.strategy.run(replica_fn, args=batch)
+
+    # --- epochs --------------------------------------------------------------------------
+    def _datasets(self, epoch):
+        c = self.config
+        prob = c.cutout_prob * epoch / max(c.epochs - 1, 1) if c.cutout else 0.0
+        train = self.pipeline.train(self.train_idx, 2 * epoch, cutout_prob=prob)
+        valid = self.pipeline.train(self.valid_idx, 2 * epoch + 1, cutout_prob=prob, repeat=True)
+        dist = self.strategy.experimental_distribute_dataset
+        return dist(train), dist(valid)
+
+    def evaluate(self):
+        """Eval-mode loss/accuracy of the supernet on the alpha split."""
+        for m in ("valid_loss", "valid_acc"):
+            self.metrics[m].reset_state()
+        x, y = self.data.x_train[self.valid_idx], self.data.y_train[self.valid_idx]
+        ds = self.pipeline.evaluation(x, y)
+        for batch in self.strategy.experimental_distribute_dataset(ds):
+            self._eval_fn(batch)
+        return float(self.metrics["valid_loss"].result()), float(self.metrics["valid_acc"].result())
+
+    def run(self):
+        """Trains from the last checkpoint (or scratch) to `config.epochs`; returns the
+        magnitude genotype."""
+        c = self.config
+        state = self.checkpointer.restore_latest()
+        start = state["epoch"] + 1 if state else 0
+        if self.is_chief:
+            self._truncate_logs(start)
+            self._write_env(resumed_from=start)
+        if start:
+            self.log(f"resuming {self.workdir} after epoch {start - 1}")
+        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb")) \
+            if self.is_chief else None
+        t_run, epochs_done = time.time(), 0
+        for epoch in range(start, c.epochs):
+            t0 = time.time()
+            lr = cosine_lr(epoch, c.epochs, c.lr, c.lr_min)
+            self.w_opt.learning_rate.assign(lr)
+            for m in self.metrics.values():
+                m.reset_state()
+            train, valid = self._datasets(epoch)
+            it_v = iter(valid)
+            bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
+                                      unit_name="step")
+            for i, bt in enumerate(train):
+                if i >= self.steps:
+                    break
+                loss = float(self._step_fn(bt, next(it_v)))
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"training loss became {loss} at epoch {epoch} step {i}; the last good "
+                        f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or "
+                        f"--arch_lr, or check the data")
+                bar.update(i + 1, [("loss", loss)])
+            record = {"epoch": epoch, "lr": lr,
+                      "train_loss": float(self.metrics["train_loss"].result()),
+                      "train_acc": float(self.metrics["train_acc"].result())}
+            if self.arch_update.trains_alpha:
+                record["alpha_loss"] = float(self.metrics["alpha_loss"].result())
+                record["alpha_acc"] = float(self.metrics["alpha_acc"].result())
+            if (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1:
+                record["valid_loss"], record["valid_acc"] = self.evaluate()
+            record["seconds"] = time.time() - t0
+            epochs_done += 1
+            eta = (time.time() - t_run) / epochs_done * (c.epochs - epoch - 1)
+            if self.is_chief:
+                self._log_epoch(record, writer)
+                if (epoch + 1) % c.ckpt_every == 0 or epoch == c.epochs - 1:
+                    self.checkpointer.save(epoch, {"epoch": epoch})
+            self.log(self._line(record, eta))
+        soft = self.model.softmax_numpy()
+        genotype = magnitude_genotype(self.space, soft, meta={
+            "method": c.arch_update, "seed": c.seed, "run": os.path.abspath(self.workdir),
+            "alphas_digest": alphas_digest(soft)})
+        if self.is_chief:
+            genotype.save(os.path.join(self.workdir, "genotype_magnitude.json"))
+        return genotype
+
+    # --- files ---------------------------------------------------------------------------
+    def _line(self, r, eta):
+        parts = [f"epoch {r['epoch'] + 1}/{self.config.epochs}",
+                 f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}"]
+        if "valid_acc" in r:
+            parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
+        parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {_fmt_time(eta)}")
+        return " | ".join(parts)
+
+    def _log_epoch(self, record, writer):
+        append_jsonl(os.path.join(self.workdir, "metrics.jsonl"), record)
+        alphas = {t: w.round(6).tolist() for t, w in self.model.softmax_numpy().items()}
+        append_jsonl(os.path.join(self.workdir, "alphas.jsonl"),
+                     {"epoch": record["epoch"], "softmax": alphas})
+        with writer.as_default(step=record["epoch"]):
+            for k, v in record.items():
+                if k != "epoch":
+                    tf.summary.scalar(k, v)
+            for t, a in zip(self.space.cell_types, self.alphas):
+                tf.summary.histogram(f"alpha_{t}", a)
+        writer.flush()
+
+    def _truncate_logs(self, start):
+        """Drops log lines of epochs after the checkpoint we resume from."""
+        for name in ("metrics.jsonl", "alphas.jsonl"):
+            path = os.path.join(self.workdir, name)
+            rows = read_jsonl(path)
+            if any(r["epoch"] >= start for r in rows):
+                from tfnas.io import atomic_write_text
+                import json
+                atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                for r in rows if r["epoch"] < start))
+
+    def _write_env(self, resumed_from):
+        import platform
+        env = {"tensorflow": tf.__version__, "keras": keras.__version__,
+               "numpy": np.__version__, "python": platform.python_version(),
+               "host": socket.gethostname(), "argv": sys.argv,
+               "devices": [d.name for d in tf.config.list_logical_devices()],
+               "replicas": self.replicas, "strategy": type(self.strategy).__name__,
+               "seed": self.config.seed, "resumed_from_epoch": resumed_from,
+               "steps_per_epoch": self.steps,
+               "weights": self.model.count_weights()}
+        atomic_write_json(os.path.join(self.workdir, "env.json"), env)
+
+
+def alphas_digest(softmaxed):
+    """Short hash of the softmaxed alphas (rounded to 1e-6), to compare runs and replicas."""
+    import hashlib
+    h = hashlib.sha1()
+    for t in sorted(softmaxed):
+        h.update(np.round(np.asarray(softmaxed[t], np.float64), 6).tobytes())
+    return h.hexdigest()[:12]
+
+
+def _fmt_time(s):
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_search(config, workdir, overwrite=False, strategy=None, is_chief=True, log=None):
+    """Validates `config`, prepares `workdir` and runs (or resumes) the search.
+
+    Returns:
+        The magnitude Genotype of the trained supernet.
+    """
+    config.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    prepare_workdir(workdir, config, overwrite, is_chief)
+    return SearchLoop(config, workdir, strategy, is_chief, log).run()
+
+
+__all__ = ["SearchLoop", "SearchConfig", "run_search", "cosine_lr", "prepare_workdir"]
