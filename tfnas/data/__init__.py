@@ -104,14 +104,17 @@ def _tfds(name, stats, flip):
         import tensorflow_datasets as tfds
         try:
             splits = tfds.load(name, split=["train", "test"], data_dir=data_dir or None,
-                               download=download, as_supervised=True, batch_size=-1)
+                               download=download, as_supervised=True)
         except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError when absent
             where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
             raise DataError(
                 f"dataset {name!r} not found in {where} ({type(e).__name__}). Prepare it "
                 f"with `tfds build {name} --data_dir=DIR` on a machine with internet and pass "
                 f"--data_dir=DIR, or pass --download") from e
-        (xtr, ytr), (xte, yte) = tfds.as_numpy(splits)
+        # Iterated example by example: batch_size=-1 aborts the process under
+        # tfds.testing.mock_data (std::length_error in the generator dataset).
+        (xtr, ytr), (xte, yte) = [
+            tuple(np.stack(a) for a in zip(*tfds.as_numpy(split))) for split in splits]
         return ArrayData(name, _as_images(xtr, name), _labels(ytr, name), _as_images(xte, name),
                          _labels(yte, name), int(max(ytr.max(), yte.max()) + 1), *stats,
                          crop_pad=4, flip=flip)

@@ -1,0 +1,58 @@
+"""Bad input: one readable line on stderr, exit code 2 (usage) or 1 (runtime)."""
+
+import os
+
+import pytest
+
+from helpers import write_tiny_space
+from tfnas.cli import main
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--dataset=imagenet"], 2, "--dataset='imagenet' is invalid: expected one of"),
+    (["--space=nope"], 2, "unknown search space 'nope'; registered: darts"),
+    (["--strategy=horovod"], 2, "argument --strategy: invalid choice: 'horovod'"),
+    (["--epochs=0"], 2, "--epochs=0 is invalid: expected a positive integer"),
+    (["--train_portion=1"], 2, "--train_portion=1.0 is invalid: expected a number in (0, 1)"),
+    (["--lr=-0.1"], 2, "--lr=-0.1 is invalid: expected a non-negative number"),
+    (["--flagfile=/no/such.cfg"], 2, "Unable to open flagfile"),
+    (["--epochs=many"], 2, "argument --epochs: invalid int value: 'many'"),
+    (["--dataset=npz:/no/such.npz"], 1, "cannot read npz dataset /no/such.npz"),
+])
+def test_bad_input(tmp_path, capsys, args, code, message):
+    wd = tmp_path / "run"
+    rc = main(["search", f"--workdir={wd}"] + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == code
+    assert err.startswith("tfnas: error: ") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_flagfile_after_subcommand_and_config_written(tmp_path, capsys):
+    space = write_tiny_space(str(tmp_path))
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text(f"# comment\n--space={space}\n--channels=4\n--layers=3\n--epochs=1\n"
+                   "--batch_size=32\n--steps_per_epoch=2\n--limit_examples=200\n")
+    wd = tmp_path / "run"
+    assert main(["search", f"--flagfile={cfg}", f"--workdir={wd}", "--epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "genotype_magnitude.json" in out
+    assert os.path.exists(wd / "genotype_magnitude.json")
+    # a different config on the same workdir is refused, the run is left as it was
+    rc = main(["search", f"--flagfile={cfg}", f"--workdir={wd}", "--channels=8"])
+    assert rc == 2 and "different config (channels: 4 -> 8)" in capsys.readouterr().err
+    assert '"channels": 4' in (wd / "config.json").read_text()
+
+
+def test_configs_parse_and_validate():
+    from tfnas.cli import _config_from_args, build_parser
+    from tfnas.config import SearchConfig
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    names = sorted(f for f in os.listdir(root) if f.startswith(("search_", "quickstart")))
+    assert "quickstart.cfg" in names and len(names) >= 3
+    for name in names:
+        path = os.path.join(root, name)
+        first = open(path).readline()
+        assert first.startswith("#"), f"{name} must start with a comment saying what it does"
+        args = build_parser().parse_args(["search", f"--flagfile={path}", "--workdir=x"])
+        _config_from_args(args, SearchConfig).validate()

@@ -1,0 +1,69 @@
+import time
+
+import numpy as np
+import pytest
+
+from tfnas.data import Pipeline, bilevel_split, load_dataset
+from tfnas.errors import DataError
+
+
+def test_digits_offline_and_bilevel_split():
+    d = load_dataset("digits")
+    assert d.input_shape == (8, 8, 1) and d.num_classes == 10
+    assert len(d.x_train) == 1437 and len(d.x_test) == 360 and d.x_train.dtype == np.uint8
+    tr, va = bilevel_split(len(d.x_train), 0.5)
+    assert len(tr) == 718 and len(va) == 719 and tr[-1] + 1 == va[0]
+
+
+def test_pipeline_is_seeded_per_epoch():
+    d = load_dataset("digits", limit=64)
+    p = Pipeline(d, 16, seed=1, cutout=True, cutout_length=4)
+    idx = np.arange(64)
+    a = [x.numpy() for x, _ in p.train(idx, 0, cutout_prob=1.0)]
+    b = [x.numpy() for x, _ in p.train(idx, 0, cutout_prob=1.0)]
+    c = [x.numpy() for x, _ in p.train(idx, 1, cutout_prob=1.0)]
+    assert len(a) == 4 and a[0].shape == (16, 8, 8, 1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_tfds_path_with_mock_data():
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=20):
+        d = load_dataset("cifar10")
+    assert d.x_train.shape == (20, 32, 32, 3) and d.num_classes <= 10
+    assert d.mean[0] == pytest.approx(0.4914)
+
+
+def test_missing_tfds_dataset_fails_fast(tmp_path):
+    t = time.time()
+    with pytest.raises(DataError, match=r"dataset .cifar10. not found in .*tfds build cifar10"):
+        load_dataset("cifar10", data_dir=str(tmp_path), download=False)
+    assert time.time() - t < 30
+
+
+def test_npz_and_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (10, 6, 6, 3), dtype=np.uint8),
+             y_train=np.arange(10) % 3)
+    d = load_dataset(f"npz:{path}")
+    assert d.input_shape == (6, 6, 3) and d.num_classes == 3 and len(d.x_test) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match=r"missing arrays \['x_train', 'y_train'\]"):
+        load_dataset(f"npz:{bad}")
+
+    from PIL import Image
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)).save(
+                    folder / f"{i}.png")
+    d = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    assert d.input_shape == (5, 7, 3) and d.num_classes == 2
+    assert len(d.x_train) == 6 and len(d.x_test) == 6
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"folder:{tmp_path / 'nope'}")
