@@ -1,0 +1,70 @@
+"""MirroredStrategy on 2 logical CPUs and MultiWorkerMirroredStrategy with 2 processes."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+from helpers import write_tiny_space
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def test_mirrored_two_replicas_match_one_device():
+    out = subprocess.run([sys.executable, os.path.join(HERE, "dist_check.py"), HERE],
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["replicas"] == 2
+    assert r["replica_diff"] == 0.0           # alphas identical on both replicas
+    assert r["alpha_diff"] < 1e-5 and r["weight_diff"] < 1e-5, r   # sync BN: same as 1 device
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes(tmp_path):
+    space = write_tiny_space(str(tmp_path))
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
+                f"--workdir={tmp_path / f'run_worker{i}'}", f"--space={space}", "--channels=4",
+                "--layers=3", "--epochs=2", "--batch_size=32", "--steps_per_epoch=3",
+                "--limit_examples=300", "--seed=5"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=600)
+        finally:
+            for q in procs:
+                if q.poll() is None:
+                    q.kill()
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]
+    assert digests[0] == digests[1]
+    chief, other = tmp_path / "run_worker0", tmp_path / "run_worker1"
+    assert (chief / "genotype_magnitude.json").exists()
+    assert len(os.listdir(chief / "checkpoints")) == 2
+    assert not other.exists()  # only the chief writes
