@@ -1,0 +1,104 @@
+"""Search-step throughput benchmark (first order, synthetic CIFAR-shaped data).
+
+Prints JSON: per config, train-batch images per second (median of timed steps after warm-up),
+seconds from launch to the end of the first step (build + trace + first call) and peak RSS.
+
+    python tools/bench.py                       # all three configs of the issue
+    python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "darts_c16_l8_b64": dict(space="darts", channels=16, layers=8, batch=64),
+    "darts_c8_l5_b32": dict(space="darts", channels=8, layers=5, batch=32),
+    "nb201_c16_n5_b64": dict(space="nb201", channels=16, layers=5, batch=64),
+}
+PYTORCH_REFERENCE = {"darts_c16_l8_b64": 1.22, "darts_c8_l5_b32": 4.58, "nb201_c16_n5_b64": 8.74}
+
+
+def run_one(name, steps, warmup):
+    t_launch = time.time()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tfnas.supernet import build_supernet
+    c = CONFIGS[name]
+    keras.utils.set_random_seed(0)
+    model = build_supernet(c["space"], c["channels"], c["layers"], 10, (32, 32, 3))
+    alphas, weights = model.alphas, model.weight_variables
+    w_opt = keras.optimizers.SGD(0.025, momentum=0.9)
+    w_opt.build(weights)
+    a_opt = keras.optimizers.Adam(3e-4, beta_1=0.5)
+    a_opt.build(alphas)
+    rng = np.random.default_rng(0)
+    b = c["batch"]
+    x = tf.constant(rng.normal(size=(b, 32, 32, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, b))
+
+    def loss(xx, yy):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            yy, model(xx, training=True), from_logits=True))
+
+    @tf.function
+    def step(xt, yt, xv, yv):  # the same work as SearchLoop._step on one device
+        with tf.GradientTape() as t:
+            lv = loss(xv, yv)
+        ga = t.gradient(lv, alphas)
+        a_opt.apply_gradients([(g + 1e-3 * a, a) for g, a in zip(ga, alphas)])
+        with tf.GradientTape() as t:
+            lt = loss(xt, yt)
+        gw, _ = tf.clip_by_global_norm(t.gradient(lt, weights), 5.0)
+        w_opt.apply_gradients([(g + 3e-4 * w, w) for g, w in zip(gw, weights)])
+        return lt
+
+    step(x, y, x, y).numpy()
+    first = time.time() - t_launch
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.time()
+        step(x, y, x, y).numpy()
+        if i >= warmup:
+            times.append(time.time() - t0)
+    med = statistics.median(times)
+    return {"config": name, "images_per_s": b / med, "median_step_s": med,
+            "first_step_s": first, "peak_rss_gb": resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "pytorch_images_per_s": PYTORCH_REFERENCE[name],
+            "speedup_vs_pytorch": b / med / PYTORCH_REFERENCE[name], "steps": steps}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--_child", default="")
+    a = p.parse_args()
+    if a._child:  # one config per process, so launch time and peak RSS are its own
+        print(json.dumps(run_one(a._child, a.steps, a.warmup)))
+        return
+    results = []
+    for name in a.configs.split(","):
+        if name not in CONFIGS:
+            sys.exit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+        out = subprocess.run([sys.executable, __file__, f"--_child={name}",
+                              f"--steps={a.steps}", f"--warmup={a.warmup}"],
+                             capture_output=True, text=True,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        if out.returncode:
+            results.append({"config": name, "error": out.stderr.strip().splitlines()[-1:]})
+        else:
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(json.dumps({"results": results, "cpu_count": os.cpu_count()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
