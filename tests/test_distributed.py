@@ -52,14 +52,16 @@ def test_multi_worker_two_processes(tmp_path):
                 "--limit_examples=300", "--seed=5"]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
+    results = []
+    try:
+        for p in procs:
+            results.append(p.communicate(timeout=600))
+    finally:  # only on a timeout or error: never leave a worker behind
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
     outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=600)
-        finally:
-            for q in procs:
-                if q.poll() is None:
-                    q.kill()
+    for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
         outs.append(out)
     digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]

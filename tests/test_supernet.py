@@ -110,9 +110,9 @@ def _kept_ops_forward(net, genotype, x):
     return net.classifier(tf.reduce_mean(s1, axis=[1, 2]))
 
 
-@pytest.mark.parametrize("space", ["s1", "s3"])
-def test_all_edges_fixed_equals_kept_ops_only(space):
-    net = small(space)
+@pytest.mark.parametrize("space,skip_zero", [("s1", False), ("s3", True)])
+def test_all_edges_fixed_equals_kept_ops_only(space, skip_zero):
+    net = small(space, skip_zero=skip_zero)
     rng = np.random.default_rng(1)
     weights = {t: rng.random(net.arch(t).shape) for t in net.space.cell_types}
     g = magnitude_genotype(net.space, weights)

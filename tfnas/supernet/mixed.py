@@ -100,10 +100,11 @@ class MixedOp(keras.layers.Layer):
         stride: 2 on the input edges of a reduction cell.
         affine: BN scale/offset in the ops (False in search cells).
         pool_bn: the DARTS extra BN after pooling ops.
-        skip_zero: skip ops with a zero weight.
+        skip_zero: skip ops with a zero weight (tf.cond per op; pays off once edges are
+            decided, but triples tracing time).
     """
 
-    def __init__(self, op_names, channels, stride=1, affine=False, pool_bn=True, skip_zero=True,
+    def __init__(self, op_names, channels, stride=1, affine=False, pool_bn=True, skip_zero=False,
                  **kwargs):
         super().__init__(**kwargs)
         self.op_names, self.channels, self.stride = list(op_names), int(channels), int(stride)

@@ -177,11 +177,11 @@ class DartsSupernet(Supernet):
         num_classes: classifier width.
         input_shape: (H, W, C_in) of the images; any size and channel count.
         stem_multiplier: the stem outputs stem_multiplier*C channels.
-        skip_zero: skip zero-weight ops (see MixedOp).
+        skip_zero: skip zero-weight ops (see MixedOp; off by default).
     """
 
     def __init__(self, space, channels=16, layers=8, num_classes=10, input_shape=(32, 32, 3),
-                 stem_multiplier=3, skip_zero=True, **kwargs):
+                 stem_multiplier=3, skip_zero=False, **kwargs):
         super().__init__(**kwargs)
         if space.family != "darts":
             raise ValueError(f"DartsSupernet needs a darts-family space, got {space.family!r}")
@@ -216,7 +216,7 @@ class NB201Supernet(Supernet):
     search cells at C, 2C, 4C joined by residual reduction blocks, BN-ReLU-GAP-dense."""
 
     def __init__(self, space, channels=16, cells_per_stage=5, num_classes=10,
-                 input_shape=(32, 32, 3), skip_zero=True, **kwargs):
+                 input_shape=(32, 32, 3), skip_zero=False, **kwargs):
         super().__init__(**kwargs)
         if space.family != "nb201":
             raise ValueError(f"NB201Supernet needs an nb201-family space, got {space.family!r}")
