@@ -1,6 +1,7 @@
 """Search-step throughput benchmark (first order, synthetic CIFAR-shaped data).
 
-Prints JSON: per config, train-batch images per second (median of timed steps after warm-up),
+Runs `SearchLoop`'s own traced step (alpha step + weight step, one device). Prints JSON: per
+config, train-batch images per second (median of timed steps after warm-up),
 seconds from launch to the end of the first step (build + trace + first call) and peak RSS.
 
     python tools/bench.py                       # all three configs of the issue
@@ -25,46 +26,32 @@ PYTORCH_REFERENCE = {"darts_c16_l8_b64": 1.22, "darts_c8_l5_b32": 4.58, "nb201_c
 
 
 def run_one(name, steps, warmup):
+    """Times SearchLoop's own traced step on a synthetic CIFAR-shaped npz dataset."""
     t_launch = time.time()
-    import keras
+    import tempfile
+
     import numpy as np
     import tensorflow as tf
-    from tfnas.supernet import build_supernet
+    from tfnas.config import SearchConfig
+    from tfnas.search import SearchLoop
     c = CONFIGS[name]
-    keras.utils.set_random_seed(0)
-    model = build_supernet(c["space"], c["channels"], c["layers"], 10, (32, 32, 3))
-    alphas, weights = model.alphas, model.weight_variables
-    w_opt = keras.optimizers.SGD(0.025, momentum=0.9)
-    w_opt.build(weights)
-    a_opt = keras.optimizers.Adam(3e-4, beta_1=0.5)
-    a_opt.build(alphas)
-    rng = np.random.default_rng(0)
     b = c["batch"]
-    x = tf.constant(rng.normal(size=(b, 32, 32, 3)), tf.float32)
-    y = tf.constant(rng.integers(0, 10, b))
-
-    def loss(xx, yy):
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            yy, model(xx, training=True), from_logits=True))
-
-    @tf.function
-    def step(xt, yt, xv, yv):  # the same work as SearchLoop._step on one device
-        with tf.GradientTape() as t:
-            lv = loss(xv, yv)
-        ga = t.gradient(lv, alphas)
-        a_opt.apply_gradients([(g + 1e-3 * a, a) for g, a in zip(ga, alphas)])
-        with tf.GradientTape() as t:
-            lt = loss(xt, yt)
-        gw, _ = tf.clip_by_global_norm(t.gradient(lt, weights), 5.0)
-        w_opt.apply_gradients([(g + 3e-4 * w, w) for g, w in zip(gw, weights)])
-        return lt
-
-    step(x, y, x, y).numpy()
+    tmp = tempfile.mkdtemp()
+    rng = np.random.default_rng(0)
+    np.savez(f"{tmp}/synthetic.npz", x_train=rng.integers(0, 255, (4 * b, 32, 32, 3), np.uint8),
+             y_train=rng.integers(0, 10, 4 * b))
+    cfg = SearchConfig(dataset=f"npz:{tmp}/synthetic.npz", space=c["space"],
+                       channels=c["channels"], layers=c["layers"], batch_size=b,
+                       epochs=1).validate()
+    loop = SearchLoop(cfg, f"{tmp}/run", tf.distribute.get_strategy(), is_chief=False)
+    train, valid = loop._datasets(0)
+    bt, bv = next(iter(train)), next(iter(valid))
+    loop._step_fn(bt, bv).numpy()
     first = time.time() - t_launch
     times = []
     for i in range(warmup + steps):
         t0 = time.time()
-        step(x, y, x, y).numpy()
+        loop._step_fn(bt, bv).numpy()
         if i >= warmup:
             times.append(time.time() - t0)
     med = statistics.median(times)

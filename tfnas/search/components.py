@@ -47,11 +47,9 @@ class SecondOrder(FirstOrder):
         g_train = loop.reduced_grads(bt, ws)
         for b, w in zip(self.backup, ws):
             b.assign(w)
-        # Virtual step w' = w - lr * (mu * buf + g + wd * w), written with Keras's momentum
-        # convention (m = -lr * buf): w' = w + mu * m - lr * (g + wd * w).
+        # Virtual step of DARTS: w' = w - lr * (mu * buf + g + wd * w).
         for w, g in zip(ws, g_train):
-            m = opt.momentums[opt._get_variable_index(w)]
-            w.assign(w + loop.config.momentum * m - lr * (g + loop.config.weight_decay * w))
+            w.assign(w - lr * (opt.momentum * opt.buffer(w) + g + loop.config.weight_decay * w))
         grads = loop.reduced_grads(bv, loop.alphas + ws, metrics="alpha")
         d_alpha, d_w = grads[:len(loop.alphas)], grads[len(loop.alphas):]
         r = self.epsilon / (tf.linalg.global_norm(d_w) + 1e-12)

@@ -22,6 +22,7 @@ from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
 from tfnas.io import append_jsonl, atomic_write_json, read_jsonl
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
+from tfnas.search.optim import MomentumSGD
 from tfnas.selection import magnitude_genotype
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
@@ -108,8 +109,7 @@ class SearchLoop:
             if config.sync_bn:
                 self.model.set_synchronized_bn(True)
             self.alphas, self.weights = self.model.alphas, self.model.weight_variables
-            self.w_opt = keras.optimizers.SGD(config.lr, momentum=config.momentum)
-            self.w_opt.build(self.weights)
+            self.w_opt = MomentumSGD(self.weights, config.lr, config.momentum)
             self.a_opt = keras.optimizers.Adam(config.arch_lr, beta_1=config.arch_beta1,
                                                beta_2=config.arch_beta2)
             self.a_opt.build(self.alphas)
@@ -160,7 +160,8 @@ class SearchLoop:
         grads = self.reduced_grads(bt, self.weights, metrics="train", probs=probs)
         if self.config.grad_clip > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip)
-        # Coupled L2 added after clipping, as torch's SGD(weight_decay) after clip_grad_norm_.
+        # Coupled L2 added after clipping, as torch's SGD(weight_decay) after clip_grad_norm_;
+        # MomentumSGD then applies torch's momentum convention.
         wd = self.config.weight_decay
         self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
         return self.metrics["train_loss"].result()
