@@ -1,3 +1,10 @@
 """tfnas: differentiable NAS with perturbation-based architecture selection, in TF/Keras 3."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy, so `import tfnas` does not import TensorFlow
+    if name == "build_model":
+        from tfnas.models import build_model
+        return build_model
+    raise AttributeError(f"module 'tfnas' has no attribute {name!r}")

@@ -79,7 +79,77 @@ def build_parser():
     _add_run_flags(search)
     add_config_flags(search, SearchConfig)
     search.set_defaults(handler=cmd_search)
+
+    from tfnas.config import TrainConfig
+    train = sub.add_parser("train", help="retrain a genotype from scratch",
+                           description="Retrain a genotype with model.fit; re-running resumes.")
+    train.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
+    train.add_argument("--workdir", required=True, help="run directory (writes WORKDIR/train)")
+    train.add_argument("--strategy", default="default",
+                       choices=("default", "mirrored", "multi_worker"))
+    train.add_argument("--cpu_devices", type=int, default=0)
+    add_config_flags(train, TrainConfig)
+    train.set_defaults(handler=cmd_train)
+
+    export = sub.add_parser("export", help="export a genotype to .keras, SavedModel and ONNX",
+                            description="Export and check parity (max abs diff <= 1e-4).")
+    export.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
+    export.add_argument("--weights", default="", help="a trained model.keras (default: an "
+                                                      "initialised model)")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--formats", default="keras,savedmodel,onnx")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--channels", type=int, default=36)
+    export.add_argument("--layers", type=int, default=20)
+    export.add_argument("--num_classes", type=int, default=10)
+    export.add_argument("--input_shape", default="32,32,3", help="H,W,C")
+    export.add_argument("--form", default="", help="cifar | imagenet | nb201 (default: from "
+                                                   "the genotype)")
+    export.set_defaults(handler=cmd_export)
     return parser
+
+
+def cmd_train(args):
+    from tfnas.config import TrainConfig
+    from tfnas.distribute import make_strategy
+    from tfnas.genotype import Genotype
+    from tfnas.train import run_train
+    config = _config_from_args(args, TrainConfig).validate()
+    genotype = Genotype.load(args.genotype)
+    strategy, _ = make_strategy(args.strategy, args.cpu_devices)
+    run_train(config, genotype, args.workdir, strategy)
+    print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
+    return 0
+
+
+def cmd_export(args):
+    from tfnas.export import count_macs, export_model
+    from tfnas.genotype import Genotype
+    from tfnas.models import build_model
+    genotype = Genotype.load(args.genotype)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise UsageError(f"--input_shape={args.input_shape!r} is invalid: expected H,W,C") \
+            from None
+    if args.weights:
+        import keras
+        if not os.path.exists(args.weights):
+            raise UsageError(f"--weights={args.weights}: no such file")
+        model = keras.models.load_model(args.weights)
+    else:
+        model = build_model(genotype, args.num_classes, shape, args.channels, args.layers,
+                            form=args.form or None)
+        print("no --weights: exporting an initialised model (for latency and format checks)")
+    report = export_model(model, args.out, formats, args.opset, initialised=not args.weights)
+    params = model.count_params()
+    macs = count_macs(model, tuple(model.input_shape[1:]))
+    print(f"exported to {args.out}: {', '.join(formats)}; parameters {params:,}; "
+          f"multiply-adds {macs / 1e6:.1f} M; max abs diff "
+          + ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items()))
+    return 0
 
 
 def cmd_search(args):

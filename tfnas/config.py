@@ -112,3 +112,56 @@ class SearchConfig:
 
     def dumps(self):
         return json.dumps(self.to_json(), indent=1, sort_keys=True)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyperparameters of retraining a genotype from scratch (REFERENCE 5 defaults)."""
+
+    dataset: str = _f("cifar10", "digits | cifar10 | cifar100 | svhn | folder:PATH | npz:PATH")
+    data_dir: str = _f("", "tensorflow-datasets data_dir")
+    download: bool = _f(False, "let tensorflow-datasets download the data")
+    limit_examples: int = _f(0, "use only the first N training examples (0: all)")
+    form: str = _f("cifar", "network form", ("cifar", "imagenet", "nb201"))
+    channels: int = _f(36, "initial channels C")
+    layers: int = _f(20, "cells (cells per stage for nb201)")
+    epochs: int = _f(600, "training epochs")
+    batch_size: int = _f(96, "global batch size")
+    lr: float = _f(0.025, "SGD learning rate")
+    lr_schedule: str = _f("cosine", "cosine (to 0) or step (x0.97 per epoch, ImageNet)",
+                          ("cosine", "step"))
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(3e-4, "weight decay (Keras's decoupled form)")
+    grad_clip: float = _f(5.0, "global-norm gradient clip (0: off)")
+    cutout: bool = _f(True, "cutout augmentation")
+    cutout_length: int = _f(16, "cutout square side")
+    auxiliary: bool = _f(True, "auxiliary head after cell 2*layers//3")
+    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")
+    drop_path: float = _f(0.2, "final drop-path rate (ramped linearly over the epochs)")
+    label_smoothing: float = _f(0.0, "label smoothing (0.1 for ImageNet)")
+    seed: int = _f(2, "seed of weights and data order")
+
+    def validate(self):
+        def need(cond, name, expected):
+            if not cond:
+                raise ConfigError(f"--{name}={getattr(self, name)!r} is invalid: expected "
+                                  f"{expected}")
+        for name in ("epochs", "batch_size", "channels", "layers", "cutout_length"):
+            need(getattr(self, name) > 0, name, "a positive integer")
+        need(self.limit_examples >= 0, "limit_examples", "0 or a positive integer")
+        for name in ("lr", "momentum", "weight_decay", "grad_clip", "auxiliary_weight"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name,
+                 "a non-negative number")
+        for name in ("drop_path", "label_smoothing"):
+            need(0.0 <= getattr(self, name) < 1.0, name, "a number in [0, 1)")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                need(getattr(self, f.name) in choices, f.name, "one of " + ", ".join(choices))
+        from tfnas.data import DATASETS, dataset_kind
+        need(dataset_kind(self.dataset) in DATASETS, "dataset",
+             "one of " + ", ".join(DATASETS.names()))
+        return self
+
+    to_json = SearchConfig.to_json
+    dumps = SearchConfig.dumps

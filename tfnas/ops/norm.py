@@ -64,10 +64,15 @@ class BatchNorm(keras.layers.Layer):
         ctx = tf.distribute.get_replica_context()
         if self.synchronized and ctx is not None and ctx.num_replicas_in_sync > 1:
             return self._sync_call(x, scale, offset, ctx)
-        y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-            x, scale, offset, epsilon=self.epsilon, is_training=True)
-        # The fused kernel returns the Bessel-corrected variance, as PyTorch's running_var uses.
-        self._update(mean, var)
+        # The kernel updates the running statistics itself (exponential_avg_factor), with the
+        # Bessel-corrected batch variance as PyTorch's running_var: 2 assigns and no extra
+        # arithmetic ops per layer, which matters for tracing time (~1,200 BNs at C8 L5).
+        y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=scale, offset=offset, mean=self.moving_mean.value,
+            variance=self.moving_variance.value, epsilon=self.epsilon,
+            exponential_avg_factor=self.momentum, data_format="NHWC", is_training=True)
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(var)
         return y
 
     def _sync_call(self, x, scale, offset, ctx):

@@ -162,7 +162,7 @@ class SearchLoop:
             grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip)
         # Coupled L2 added after clipping, as torch's SGD(weight_decay) after clip_grad_norm_;
         # MomentumSGD then applies torch's momentum convention.
-        wd = self.config.weight_decay
+        wd = tf.constant(self.config.weight_decay, tf.float32)
         self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
         return self.metrics["train_loss"].result()
 

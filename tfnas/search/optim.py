@@ -36,9 +36,11 @@ class MomentumSGD:
         return self.buffers[self._index[id(variable)]]
 
     def apply_gradients(self, grads_and_vars):
-        lr = self.learning_rate
+        lr = self.learning_rate.value()
+        mu = tf.constant(self.momentum, tf.float32)  # one constant, not one per variable
         for g, v in grads_and_vars:
             buf = self.buffer(v)
-            buf.assign(buf * self.momentum + g)
-            v.assign_sub(lr * buf)
+            new = buf * mu + g
+            buf.assign(new)
+            v.assign_sub(lr * new)
         self.iterations.assign_add(1)

@@ -120,8 +120,9 @@ class MixedOp(keras.layers.Layer):
         s = self.stride
         out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
         total = None
+        per_op = tf.unstack(weights)  # one op (and one in the gradient) instead of a slice each
         for k, op in enumerate(self.ops):
-            wk = weights[k]
+            wk = per_op[k]
             if self.skip_zero:
                 y = tf.cond(tf.not_equal(wk, 0.0),
                             lambda op=op, wk=wk: wk * op(x, training=training),
