@@ -184,3 +184,15 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
     with pytest.raises(CheckpointError, match="ckpt-00000.npz is unreadable"):
         run_search(cfg, wd, log=lambda s: None)
     assert open(path, "rb").read() == b"garbage"
+
+
+def test_same_seed_same_weights_in_a_new_process():
+    import subprocess
+    import sys
+    code = ("import keras, numpy as np; keras.utils.set_random_seed(4); "
+            "from tfnas.supernet import build_supernet; "
+            "m = build_supernet('s2', 4, 3, 3, (8, 8, 1)); "
+            "print(repr(float(sum(np.abs(v.numpy()).sum() for v in m.variables))))")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300).stdout.strip().splitlines()[-1] for _ in range(2)]
+    assert outs[0] == outs[1]

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, build_op, serializable
-from tfnas.ops.layers import _TORCH_INIT, conv2d
+from tfnas.ops.layers import torch_init, conv2d
 
 
 @serializable
@@ -135,9 +135,9 @@ class AuxiliaryHead(keras.layers.Layer):
         out = (h - 5) // 3 + 1 if self.pool else 1
         self.k2 = 2 if out >= 2 else 1
         self.w1 = self.add_weight(shape=(1, 1, int(input_shape[-1]), 128), name="conv1",
-                                  initializer=_TORCH_INIT)
+                                  initializer=torch_init())
         self.w2 = self.add_weight(shape=(self.k2, self.k2, 128, 768), name="conv2",
-                                  initializer=_TORCH_INIT)
+                                  initializer=torch_init())
         self.bn1.build((None, out, out, 128))
         o2 = out - self.k2 + 1
         self.bn2.build((None, o2, o2, 768))
@@ -171,7 +171,7 @@ class ImageNetStem(keras.layers.Layer):
 
     def build(self, input_shape):
         c, cin = self.channels, int(input_shape[-1])
-        self.k = [self.add_weight(shape=s, name=f"conv{i}", initializer=_TORCH_INIT)
+        self.k = [self.add_weight(shape=s, name=f"conv{i}", initializer=torch_init())
                   for i, s in enumerate([(3, 3, cin, c // 2), (3, 3, c // 2, c), (3, 3, c, c)])]
         h = input_shape[1]
         for i, bn in enumerate(self.bns):

@@ -12,7 +12,11 @@ import tensorflow as tf
 from tfnas.ops.norm import BatchNorm
 from tfnas.ops.registry import OPS, serializable
 
-_TORCH_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+def torch_init():
+    """PyTorch's default conv init (uniform in +-1/sqrt(fan_in)). A new instance per weight:
+    an instance made at import time would draw its seed before `set_random_seed`, and runs
+    with the same seed would start from different weights in different processes."""
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def _pad(kernel, dilation):
@@ -73,7 +77,7 @@ class OpLayer(keras.layers.Layer):
         pass  # ops without weights; overriding build keeps Keras from a symbolic build pass
 
     def kernel(self, shape, name):
-        return self.add_weight(shape=shape, initializer=_TORCH_INIT, name=name)
+        return self.add_weight(shape=shape, initializer=torch_init(), name=name)
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape

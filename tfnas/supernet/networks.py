@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, conv2d, serializable
-from tfnas.ops.layers import _TORCH_INIT
+from tfnas.ops.layers import torch_init
 from tfnas.supernet.mixed import ArchParameters, MixedOp
 
 
@@ -20,7 +20,7 @@ class StemConv(keras.layers.Layer):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(shape=(3, 3, int(input_shape[-1]), self.channels),
-                                      initializer=_TORCH_INIT, name="conv")
+                                      initializer=torch_init(), name="conv")
         n, h, w, _ = input_shape
         self.bn.build((n, h, w, self.channels))
 
@@ -89,7 +89,7 @@ class ResidualReduction(keras.layers.Layer):
 
     def build(self, input_shape):
         self.shortcut = self.add_weight(shape=(1, 1, int(input_shape[-1]), self.channels),
-                                        initializer=_TORCH_INIT, name="shortcut")
+                                        initializer=torch_init(), name="shortcut")
         self.conv_a.build(input_shape)
         self.conv_b.build(self.conv_a.compute_output_shape(input_shape))
 
