@@ -80,6 +80,17 @@ def build_parser():
     add_config_flags(search, SearchConfig)
     search.set_defaults(handler=cmd_search)
 
+    from tfnas.selection.pt import SelectConfig
+    select = sub.add_parser("select", help="select an architecture from a trained supernet",
+                            description="Perturbation-based selection (PT), PT-Mag or "
+                                        "magnitude on a finished `tfnas search` workdir; "
+                                        "writes WORKDIR/genotype.json. Re-running resumes.")
+    select.add_argument("--workdir", required=True, help="a finished search run directory")
+    select.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
+                        help="start the selection again")
+    add_config_flags(select, SelectConfig)
+    select.set_defaults(handler=cmd_select)
+
     from tfnas.config import TrainConfig
     train = sub.add_parser("train", help="retrain a genotype from scratch",
                            description="Retrain a genotype with model.fit; re-running resumes.")
@@ -107,6 +118,14 @@ def build_parser():
                                                    "the genotype)")
     export.set_defaults(handler=cmd_export)
     return parser
+
+
+def cmd_select(args):
+    from tfnas.selection.pt import SelectConfig, run_select
+    config = _config_from_args(args, SelectConfig).validate()
+    run_select(args.workdir, config, args.overwrite)
+    print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
+    return 0
 
 
 def cmd_train(args):

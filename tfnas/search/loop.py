@@ -166,9 +166,9 @@ class SearchLoop:
         self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
         return self.metrics["train_loss"].result()
 
-    def _eval_step(self, batch):
+    def _eval_step(self, batch, training=False):
         def replica_fn(x, y):
-            self._loss(x, y, training=False, metrics="valid")
+            self._loss(x, y, training=training, metrics="valid")
         self.strategy.run(replica_fn, args=batch)
 
     # --- epochs --------------------------------------------------------------------------
@@ -180,15 +180,55 @@ class SearchLoop:
         dist = self.strategy.experimental_distribute_dataset
         return dist(train), dist(valid)
 
-    def evaluate(self):
-        """Eval-mode loss/accuracy of the supernet on the alpha split."""
+    def evaluate(self, batches=0, batch_stats=False):
+        """Loss/accuracy of the supernet on the alpha split (no gradients).
+
+        Args:
+            batches: use only the first N batches (0: the whole split).
+            batch_stats: BN with batch statistics (training mode, as the reference's PT
+                scoring; this also updates the running statistics, as there) instead of the
+                running statistics.
+        """
         for m in ("valid_loss", "valid_acc"):
             self.metrics[m].reset_state()
         x, y = self.data.x_train[self.valid_idx], self.data.y_train[self.valid_idx]
         ds = self.pipeline.evaluation(x, y)
+        if batches:
+            ds = ds.take(batches)
         for batch in self.strategy.experimental_distribute_dataset(ds):
-            self._eval_fn(batch)
+            self._eval_fn(batch, training=bool(batch_stats))
         return float(self.metrics["valid_loss"].result()), float(self.metrics["valid_acc"].result())
+
+    def train_epoch(self, epoch, lr, data_epoch=None):
+        """One pass of alternating steps at learning rate `lr`; returns the epoch's metrics.
+
+        `data_epoch` seeds the batch order (default `epoch`); selection tuning passes its own
+        counter so its batches differ from the search's.
+        """
+        self.w_opt.learning_rate.assign(lr)
+        for m in self.metrics.values():
+            m.reset_state()
+        train, valid = self._datasets(epoch if data_epoch is None else data_epoch)
+        it_v = iter(valid)
+        bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
+                                  unit_name="step")
+        for i, bt in enumerate(train):
+            if i >= self.steps:
+                break
+            loss = float(self._step_fn(bt, next(it_v)))
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"training loss became {loss} at epoch {epoch} step {i}; the last good "
+                    f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or "
+                    f"--arch_lr, or check the data")
+            bar.update(i + 1, [("loss", loss)])
+        record = {"epoch": epoch, "lr": lr,
+                  "train_loss": float(self.metrics["train_loss"].result()),
+                  "train_acc": float(self.metrics["train_acc"].result())}
+        if self.arch_update.trains_alpha:
+            record["alpha_loss"] = float(self.metrics["alpha_loss"].result())
+            record["alpha_acc"] = float(self.metrics["alpha_acc"].result())
+        return record
 
     def run(self):
         """Trains from the last checkpoint (or scratch) to `config.epochs`; returns the
@@ -206,30 +246,7 @@ class SearchLoop:
         t_run, epochs_done = time.time(), 0
         for epoch in range(start, c.epochs):
             t0 = time.time()
-            lr = cosine_lr(epoch, c.epochs, c.lr, c.lr_min)
-            self.w_opt.learning_rate.assign(lr)
-            for m in self.metrics.values():
-                m.reset_state()
-            train, valid = self._datasets(epoch)
-            it_v = iter(valid)
-            bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
-                                      unit_name="step")
-            for i, bt in enumerate(train):
-                if i >= self.steps:
-                    break
-                loss = float(self._step_fn(bt, next(it_v)))
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"training loss became {loss} at epoch {epoch} step {i}; the last good "
-                        f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or "
-                        f"--arch_lr, or check the data")
-                bar.update(i + 1, [("loss", loss)])
-            record = {"epoch": epoch, "lr": lr,
-                      "train_loss": float(self.metrics["train_loss"].result()),
-                      "train_acc": float(self.metrics["train_acc"].result())}
-            if self.arch_update.trains_alpha:
-                record["alpha_loss"] = float(self.metrics["alpha_loss"].result())
-                record["alpha_acc"] = float(self.metrics["alpha_acc"].result())
+            record = self.train_epoch(epoch, cosine_lr(epoch, c.epochs, c.lr, c.lr_min))
             if (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1:
                 record["valid_loss"], record["valid_acc"] = self.evaluate()
             record["seconds"] = time.time() - t0

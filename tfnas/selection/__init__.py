@@ -1,4 +1,4 @@
-"""Architecture selection: magnitude (the DARTS baseline); PT comes in a later issue."""
+"""Architecture selection: magnitude (the DARTS baseline) and perturbation (PT)."""
 
 from tfnas.selection.magnitude import magnitude_genotype
 

@@ -1,0 +1,242 @@
+"""Perturbation-based architecture selection (DARTS-PT, paper Algorithm 1; REFERENCE 4).
+
+Starting from a trained supernet (a `tfnas search` run directory):
+
+1. op decisions: per decision event, for each cell type, pick the next undecided edge (a
+   random order drawn from the seed, as the reference), score every op by the supernet's
+   validation accuracy with that op masked out, and fix the edge to the op whose removal
+   hurts most (`crit="loss"`: raises the loss most). Selector `pt_mag` fixes the edge to the
+   op with the largest alpha instead (the paper's ablation).
+2. topology decisions (DARTS family): per node with more than two inputs, repeatedly remove
+   the input edge whose removal leaves accuracy highest until two remain. Unlike the
+   reference, edges removed in earlier rounds stay removed while later rounds are scored.
+3. between decisions the supernet is tuned (`tune_epochs` epochs at a constant lr, alphas
+   of undecided edges keep training unless the search froze them); after the last decision
+   one more epoch, as the reference's schedule.
+
+Selection state is variables of the supernet, so one traced graph serves every evaluation.
+Everything is checkpointed after each decision event: re-running resumes there.
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from tfnas.checkpoint import Checkpointer
+from tfnas.config import ConfigError, _f
+from tfnas.errors import WorkdirError
+from tfnas.io import append_jsonl, atomic_write_json, read_jsonl
+from tfnas.selection.magnitude import magnitude_genotype
+
+SELECTORS = ("pt", "pt_mag", "magnitude")
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    selector: str = _f("pt", "pt | pt_mag (progressive tuning, decided by alpha) | magnitude",
+                       SELECTORS)
+    crit: str = _f("acc", "PT score: accuracy (keep the op whose removal lowers it most) or "
+                          "loss (raises it most)", ("acc", "loss"))
+    tune_epochs_per_decision: int = _f(5, "supernet tuning epochs between decisions")
+    tune_lr: float = _f(0.0025, "constant weight learning rate while tuning (reference)")
+    score_batches: int = _f(0, "score on the first N batches of the alpha split (0: all)")
+    bn_batch_stats: bool = _f(True, "BN uses batch statistics while scoring (reference)")
+    seed: int = _f(-1, "seed of the edge order (-1: the search's seed)")
+
+    def validate(self):
+        if self.selector not in SELECTORS:
+            raise ConfigError(f"--selector={self.selector!r} is invalid: expected one of "
+                              f"{', '.join(SELECTORS)}")
+        if self.crit not in ("acc", "loss"):
+            raise ConfigError(f"--crit={self.crit!r} is invalid: expected acc or loss")
+        if self.tune_epochs_per_decision < 0 or self.score_batches < 0 or self.tune_lr < 0:
+            raise ConfigError("--tune_epochs_per_decision, --score_batches and --tune_lr must "
+                              "be non-negative")
+        return self
+
+    to_json = lambda self: dataclasses.asdict(self)  # noqa: E731
+
+
+def decision_events(space, seed):
+    """The reference's schedule: all op decisions (random edge order per cell type), then
+    the topology decisions (random node order). Returns [(kind, {cell type: edge|node})]."""
+    rng = np.random.RandomState(seed)
+    events = []
+    orders = {t: rng.permutation(space.cells[t].num_edges).tolist() for t in space.cell_types}
+    for i in range(space.cells[space.cell_types[0]].num_edges):
+        events.append(("op", {t: orders[t][i] for t in space.cell_types}))
+    if space.family == "darts":
+        nodes = {t: [n for n in space.cells[t].nodes if len(space.cells[t].node_edges(n)) > 2]
+                 for t in space.cell_types}
+        node_orders = {t: [nodes[t][k] for k in rng.permutation(len(nodes[t]))]
+                       for t in space.cell_types}
+        for i in range(len(nodes[space.cell_types[0]])):
+            events.append(("topology", {t: node_orders[t][i] for t in space.cell_types}))
+    return events
+
+
+class PerturbationSelector:
+    """Runs a selector on a SearchLoop whose supernet holds the trained search state.
+
+    Args:
+        loop: a SearchLoop (its model and optimizers are tuned in place).
+        config: a SelectConfig.
+        folder: WORKDIR/selection.
+    """
+
+    def __init__(self, loop, config, folder, log=print):
+        self.loop, self.config, self.folder, self.log = loop, config, folder, log
+        self.space = loop.space
+        seed = config.seed if config.seed >= 0 else loop.config.seed
+        self.events = decision_events(self.space, seed)
+        self.checkpointer = Checkpointer(
+            os.path.join(folder, "checkpoints"),
+            {"model": loop.model.variables, "w_opt": loop.w_opt.variables,
+             "a_opt": loop.a_opt.variables}, keep=2)
+        self.scores_path = os.path.join(folder, "scores.jsonl")
+
+    # --- scoring ---------------------------------------------------------------------------
+    def score(self):
+        """The supernet's (loss, accuracy) on the alpha split under the current masks."""
+        return self.loop.evaluate(self.config.score_batches, self.config.bn_batch_stats)
+
+    def _better(self, new, best):
+        """Is `new` (loss, acc) a stronger signal of importance than `best`?"""
+        if best is None:
+            return True
+        return new[1] < best[1] if self.config.crit == "acc" else new[0] > best[0]
+
+    def decide_op(self, ctype, edge):
+        arch = self.loop.model.arch(ctype)
+        ops = self.space.cells[ctype].ops[edge]
+        alphas = np.asarray(arch.softmax())[edge, :len(ops)]
+        before = self.score()
+        scores, best, choice = {}, None, None
+        if self.config.selector == "pt_mag":
+            choice = int(np.argmax(alphas))
+        else:
+            for k, op in enumerate(ops):
+                arch.mask_op(edge, k)
+                s = self.score()
+                arch.reset_op_mask()
+                scores[op] = {"loss": s[0], "acc": s[1]}
+                if self._better(s, best):  # strict: ties keep the earlier op
+                    best, choice = s, k
+        arch.fix_edge(edge, choice)
+        node, inp = self.space.cells[ctype].edges[edge]
+        return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
+                "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": scores,
+                "acc_before": before[1], "acc_after": self.score()[1], "choice": ops[choice]}
+
+    def decide_topology(self, ctype, node):
+        arch = self.loop.model.arch(ctype)
+        cspace = self.space.cells[ctype]
+        eids = list(cspace.node_edges(node))
+        before = self.score()
+        rounds = []
+        while len(eids) > 2:
+            results = {}
+            for e in eids:
+                arch.remove_edge(e)
+                results[e] = self.score()
+                arch.remove_edge(e, removed=False)
+            # remove the edge whose absence leaves accuracy highest (ties: the later edge)
+            worst = max(eids, key=lambda e: (results[e][1] if self.config.crit == "acc"
+                                             else -results[e][0], e))
+            arch.remove_edge(worst)
+            eids.remove(worst)
+            rounds.append({"scores": {str(e): {"loss": r[0], "acc": r[1]}
+                                      for e, r in results.items()}, "removed": worst})
+        return {"kind": "topology", "cell": ctype, "node": node,
+                "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
+                "acc_before": before[1], "acc_after": self.score()[1]}
+
+    # --- the schedule ----------------------------------------------------------------------
+    def run(self):
+        """Runs (or resumes) the selection; returns the final Genotype."""
+        os.makedirs(self.folder, exist_ok=True)
+        if self.config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
+            return magnitude_genotype(self.space, self.loop.model.softmax_numpy(), meta={
+                "run": os.path.abspath(self.loop.workdir)})
+        state = self.checkpointer.restore_latest()
+        start = state["event"] + 1 if state else 0
+        rows = [r for r in read_jsonl(self.scores_path) if r["event"] < start]
+        from tfnas.io import atomic_write_text
+        import json
+        atomic_write_text(self.scores_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                    for r in rows))
+        if start:
+            self.log(f"resuming selection after decision {start}/{len(self.events)}")
+        t_run = time.time()
+        for i in range(start, len(self.events)):
+            kind, targets = self.events[i]
+            for ctype, target in targets.items():
+                row = (self.decide_op(ctype, target) if kind == "op"
+                       else self.decide_topology(ctype, target))
+                row["event"] = i
+                append_jsonl(self.scores_path, row)
+                self.log(self._describe(i, row))
+            epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
+            for k in range(epochs):
+                rec = self.loop.train_epoch(i, self.config.tune_lr,
+                                            data_epoch=10_000 + i * 100 + k)
+                self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
+                         f"acc {rec['train_acc']:.3f}")
+            self.checkpointer.save(i, {"event": i})
+            left = (time.time() - t_run) / (i - start + 1) * (len(self.events) - i - 1)
+            self.log(f"decision {i + 1}/{len(self.events)} done; ETA {left:.0f}s")
+        genotype = magnitude_genotype(self.space, self.loop.model.arch_weights_numpy(), meta={
+            "selector": self.config.selector, "crit": self.config.crit,
+            "seed": self.config.seed if self.config.seed >= 0 else self.loop.config.seed,
+            "run": os.path.abspath(self.loop.workdir),
+            "tune_epochs_per_decision": self.config.tune_epochs_per_decision})
+        genotype.meta["selector"] = self.config.selector
+        return genotype
+
+    def _describe(self, i, row):
+        head = f"decision {i + 1}/{len(self.events)} {row['cell']}"
+        if row["kind"] == "op":
+            scores = ", ".join(f"{op} {s['acc']:.3f}" for op, s in row["scores"].items())
+            return (f"{head} edge {row['input']}->{row['node']}: {row['choice']}"
+                    + (f" (acc without each op: {scores})" if scores else " (by alpha)"))
+        return f"{head} node {row['node']}: keeps inputs {row['kept_inputs']}"
+
+
+def run_select(workdir, config, overwrite=False, strategy=None, log=print):
+    """Selects an architecture from the finished search in `workdir`; writes
+    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints})."""
+    import json
+
+    import tensorflow as tf
+    from tfnas.config import SearchConfig
+    from tfnas.search import SearchLoop
+    config.validate()
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(os.path.join(workdir, "genotype_magnitude.json")) or \
+            not os.path.exists(cfg_path):
+        raise WorkdirError(f"{workdir} holds no finished search (no config.json / "
+                           f"genotype_magnitude.json); run `tfnas search --workdir={workdir}` "
+                           f"first")
+    folder = os.path.join(workdir, "selection")
+    sel_cfg = os.path.join(folder, "config.json")
+    if os.path.exists(sel_cfg) and not overwrite:
+        with open(sel_cfg) as f:
+            if json.load(f) != config.to_json():
+                raise WorkdirError(f"{folder} holds a selection with a different config; pass "
+                                   f"--overwrite to start it again")
+    if overwrite and os.path.isdir(folder):
+        import shutil
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_json(sel_cfg, config.to_json())
+    with open(cfg_path) as f:
+        search_config = SearchConfig.from_json(json.load(f))
+    loop = SearchLoop(search_config, workdir, strategy or tf.distribute.get_strategy(),
+                      log=log)
+    if loop.checkpointer.restore_latest() is None:
+        raise WorkdirError(f"{workdir} has no search checkpoint to select from")
+    genotype = PerturbationSelector(loop, config, folder, log).run()
+    genotype.save(os.path.join(workdir, "genotype.json"))
+    return genotype
