@@ -15,6 +15,22 @@ def _f(default, help, choices=None):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+def _need(cfg, cond, name, expected):
+    """Raises ConfigError naming the flag, its value and what is expected."""
+    if not cond:
+        raise ConfigError(f"--{name}={getattr(cfg, name)!r} is invalid: expected {expected}")
+
+
+def _check_choices_and_dataset(cfg):
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices:
+            _need(cfg, getattr(cfg, f.name) in choices, f.name, "one of " + ", ".join(choices))
+    from tfnas.data import DATASETS, dataset_kind
+    _need(cfg, dataset_kind(cfg.dataset) in DATASETS, "dataset", "one of " + ", ".join(
+        n + (":PATH" if n in ("folder", "npz") else "") for n in DATASETS.names()))
+
+
 @dataclasses.dataclass
 class SearchConfig:
     """Hyperparameters of a supernet search (REFERENCE 3 defaults)."""
@@ -64,9 +80,7 @@ class SearchConfig:
     def validate(self):
         """Raises ConfigError naming the field, the value and what is expected."""
         def need(cond, name, expected):
-            if not cond:
-                raise ConfigError(f"--{name}={getattr(self, name)!r} is invalid: expected "
-                                  f"{expected}")
+            _need(self, cond, name, expected)
         for name in ("epochs", "batch_size", "channels", "layers", "eval_every", "ckpt_every",
                      "keep_checkpoints", "cutout_length"):
             need(getattr(self, name) > 0, name, "a positive integer")
@@ -82,14 +96,7 @@ class SearchConfig:
         for name in ("arch_beta1", "arch_beta2", "cutout_prob"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "a number in [0, 1]")
         need(self.momentum < 1.0, "momentum", "a number in [0, 1)")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices:
-                need(getattr(self, f.name) in choices, f.name, "one of " + ", ".join(choices))
-        from tfnas.data import DATASETS, dataset_kind
-        kind = dataset_kind(self.dataset)
-        need(kind in DATASETS, "dataset", "one of " + ", ".join(
-            n + (":PATH" if n in ("folder", "npz") else "") for n in DATASETS.names()))
+        _check_choices_and_dataset(self)
         from tfnas.spaces import get_space
         try:
             get_space(self.space)
@@ -143,9 +150,7 @@ class TrainConfig:
 
     def validate(self):
         def need(cond, name, expected):
-            if not cond:
-                raise ConfigError(f"--{name}={getattr(self, name)!r} is invalid: expected "
-                                  f"{expected}")
+            _need(self, cond, name, expected)
         for name in ("epochs", "batch_size", "channels", "layers", "cutout_length"):
             need(getattr(self, name) > 0, name, "a positive integer")
         need(self.limit_examples >= 0, "limit_examples", "0 or a positive integer")
@@ -154,13 +159,7 @@ class TrainConfig:
                  "a non-negative number")
         for name in ("drop_path", "label_smoothing"):
             need(0.0 <= getattr(self, name) < 1.0, name, "a number in [0, 1)")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices:
-                need(getattr(self, f.name) in choices, f.name, "one of " + ", ".join(choices))
-        from tfnas.data import DATASETS, dataset_kind
-        need(dataset_kind(self.dataset) in DATASETS, "dataset",
-             "one of " + ", ".join(DATASETS.names()))
+        _check_choices_and_dataset(self)
         return self
 
     to_json = SearchConfig.to_json
