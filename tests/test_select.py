@@ -77,3 +77,51 @@ def test_cli_select_magnitude_and_errors(searched, tmp_path, capsys):
     assert main(["select", f"--workdir={tmp_path / 'empty'}"]) == 2
     assert "holds no finished search" in capsys.readouterr().err
     assert main(["select", f"--workdir={wd}", "--selector=best"]) == 2
+
+
+def test_keras_tuner_oracle_gives_the_same_genotype_as_tfnas_select(searched, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+    from tfnas.config import SearchConfig
+    from tfnas.search import SearchLoop
+    from tfnas.selection.oracle import (GenotypeHyperModel, PerturbationOracle, PTTuner,
+                                        genotype_from_values)
+    from tfnas.selection.pt import PerturbationSelector
+    import json
+
+    cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=2)
+    direct_wd = str(tmp_path / "direct")
+    shutil.copytree(searched, direct_wd)
+    direct = run_select(direct_wd, cfg, log=lambda s: None)
+
+    wd = str(tmp_path / "tuner")
+    shutil.copytree(searched, wd)
+    with open(os.path.join(wd, "config.json")) as f:
+        scfg = SearchConfig.from_json(json.load(f))
+    loop = SearchLoop(scfg, wd, tf.distribute.get_strategy(), log=lambda s: None)
+    loop.checkpointer.restore_latest()
+    selector = PerturbationSelector(loop, cfg, os.path.join(wd, "selection"), log=lambda s: None)
+    oracle = PerturbationOracle(loop.space, seed=scfg.seed)
+    hm = GenotypeHyperModel(loop.space, 10, (8, 8, 1), channels=4, layers=3)
+    tuner = PTTuner(oracle, selector, hypermodel=hm, directory=str(tmp_path / "kt"),
+                    project_name="pt", overwrite=True)
+    tuner.search()
+    best = tuner.get_best_hyperparameters()[0]
+    g = genotype_from_values(loop.space, best.values)
+    assert g.to_json()["cells"] == direct.to_json()["cells"]
+    assert len(oracle.trials) == len(oracle.events) + 1
+    assert os.path.exists(tmp_path / "kt" / "pt" / "oracle.json")
+    model = tuner.hypermodel.build(best)  # a retrainable discrete network
+    assert model.count_params() > 0
+
+    # the same space as a baseline under RandomSearch
+    import numpy as np
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+    y = np.arange(16) % 10
+    rs = __import__("keras_tuner").RandomSearch(
+        hm, objective="val_accuracy", max_trials=2, directory=str(tmp_path / "kt"),
+        project_name="random", overwrite=True, seed=1)
+    rs.search(x, y, epochs=1, validation_data=(x, y), verbose=0)
+    assert len(rs.oracle.trials) == 2
+    genotype_from_values(loop.space, rs.get_best_hyperparameters()[0].values)
