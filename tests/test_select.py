@@ -125,3 +125,18 @@ def test_keras_tuner_oracle_gives_the_same_genotype_as_tfnas_select(searched, tm
     rs.search(x, y, epochs=1, validation_data=(x, y), verbose=0)
     assert len(rs.oracle.trials) == 2
     genotype_from_values(loop.space, rs.get_best_hyperparameters()[0].values)
+
+
+def test_report_writes_the_plots(searched, tmp_path, capsys):
+    import shutil
+    wd = str(tmp_path / "r")
+    shutil.copytree(searched, wd)
+    run_select(wd, SelectConfig(selector="pt", tune_epochs_per_decision=0, score_batches=1),
+               log=lambda s: None)
+    assert main(["report", f"--workdir={wd}"]) == 0
+    names = sorted(os.listdir(os.path.join(wd, "report")))
+    assert names == ["alpha_vs_pt.png", "cells.png", "selection.png"]
+    for n in names:
+        with open(os.path.join(wd, "report", n), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", f"--workdir={tmp_path / 'none'}"]) == 2

@@ -91,6 +91,11 @@ def build_parser():
     add_config_flags(select, SelectConfig)
     select.set_defaults(handler=cmd_select)
 
+    report = sub.add_parser("report", help="plot cells, alpha vs PT scores, selection",
+                            description="Write WORKDIR/report/*.png.")
+    report.add_argument("--workdir", required=True)
+    report.set_defaults(handler=cmd_report)
+
     from tfnas.config import TrainConfig
     train = sub.add_parser("train", help="retrain a genotype from scratch",
                            description="Retrain a genotype with model.fit; re-running resumes.")
@@ -125,6 +130,13 @@ def cmd_select(args):
     config = _config_from_args(args, SelectConfig).validate()
     run_select(args.workdir, config, args.overwrite)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
+    return 0
+
+
+def cmd_report(args):
+    from tfnas.report import write_report
+    for path in write_report(args.workdir):
+        print(path)
     return 0
 
 

@@ -1,0 +1,116 @@
+"""`tfnas report`: PNGs of a run (plain matplotlib, no graphviz needed).
+
+- cells.png: the cells of genotype.json beside those of genotype_magnitude.json;
+- alpha_vs_pt.png: per decided edge, each op's softmaxed alpha next to its PT score (the
+  supernet's accuracy with the op removed; lower = more important), the paper's Figure 1;
+- selection.png: the supernet's accuracy after each decision.
+"""
+
+import math
+import os
+
+from tfnas.errors import WorkdirError
+from tfnas.genotype import Genotype
+from tfnas.io import read_jsonl
+
+
+def _draw_cell(ax, genotype, ctype, title):
+    cell = genotype.cells[ctype]
+    darts = genotype.family == "darts"
+    nodes = sorted({e.node for e in cell["edges"]})
+    inputs = [0, 1] if darts else [0]
+    order = inputs + nodes
+    pos = {n: (i, (i % 2) * 0.6) for i, n in enumerate(order)}
+    names = {0: "c_{k-2}", 1: "c_{k-1}"} if darts else {0: "in"}
+    for n, (x, y) in pos.items():
+        ax.add_patch(__import__("matplotlib").patches.Circle((x, y), 0.18, fc="#dde8f5" if
+                                                              n in inputs else "#f5e3c8",
+                                                              ec="k"))
+        ax.text(x, y, names.get(n, str(n)), ha="center", va="center", fontsize=7)
+    rad = 0.3
+    for e in cell["edges"]:
+        (x0, y0), (x1, y1) = pos[e.input], pos[e.node]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
+            arrowstyle="->", connectionstyle=f"arc3,rad={rad}", lw=0.8, shrinkA=9, shrinkB=9,
+            ls=":" if e.op == "none" else "-"))
+        # the label sits on the arc: the Bezier midpoint is mid + rad/2 * (dy, -dx)
+        lx = (x0 + x1) / 2 + rad / 2 * (y1 - y0)
+        ly = (y0 + y1) / 2 - rad / 2 * (x1 - x0)
+        ax.text(lx, ly, e.op, fontsize=6, ha="center", va="center", color="#222",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    ax.set_aspect("equal")
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.set_ylim(-1.3, 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def write_report(workdir):
+    """Writes WORKDIR/report/*.png; returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = [os.path.join(workdir, n) for n in ("genotype.json", "genotype_magnitude.json")]
+    found = [(p, Genotype.load(p)) for p in paths if os.path.exists(p)]
+    if not found:
+        raise WorkdirError(f"{workdir} has neither genotype.json nor genotype_magnitude.json; "
+                           f"run `tfnas search` (and `tfnas select`) first")
+    out = os.path.join(workdir, "report")
+    os.makedirs(out, exist_ok=True)
+    written = []
+    ctypes = found[0][1].space_obj.cell_types
+    fig, axes = plt.subplots(len(ctypes), len(found), figsize=(6 * len(found),
+                                                               2.6 * len(ctypes)),
+                             squeeze=False)
+    for col, (p, g) in enumerate(found):
+        for row, ctype in enumerate(ctypes):
+            label = g.meta.get("selector", "magnitude")
+            _draw_cell(axes[row][col], g, ctype, f"{os.path.basename(p)} ({label}): {ctype}")
+    fig.tight_layout()
+    written.append(os.path.join(out, "cells.png"))
+    fig.savefig(written[-1], dpi=130)
+    plt.close(fig)
+
+    rows = read_jsonl(os.path.join(workdir, "selection", "scores.jsonl"))
+    ops_rows = [r for r in rows if r["kind"] == "op" and r["scores"]]
+    if ops_rows:
+        n = len(ops_rows)
+        cols = min(4, n)
+        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols,
+                                                                     2.6 * math.ceil(n / cols)),
+                                 squeeze=False)
+        handles = None
+        for ax, r in zip(axes.flat, ops_rows):
+            names = list(r["scores"])
+            xs = range(len(names))
+            h1 = ax.bar([x - 0.2 for x in xs], [r["alphas"][o] for o in names], 0.4,
+                        color="tab:blue")
+            ax2 = ax.twinx()
+            h2 = ax2.bar([x + 0.2 for x in xs], [r["scores"][o]["acc"] for o in names], 0.4,
+                         color="tab:orange")
+            handles = handles or (h1, h2)
+            ax.set_xticks(list(xs), [o.replace("_conv", "").replace("_3x3", "3")
+                                     .replace("_5x5", "5") for o in names],
+                          rotation=45, fontsize=6)
+            ax.set_title(f"{r['cell']} {r['input']}->{r['node']}: {r['choice']}", fontsize=8)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.legend(handles, ["softmax(alpha) (left axis)",
+                             "supernet accuracy with the op removed (right axis)"],
+                   loc="lower center", ncol=2, fontsize=8)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        written.append(os.path.join(out, "alpha_vs_pt.png"))
+        fig.savefig(written[-1], dpi=130)
+        plt.close(fig)
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        accs = [r["acc_after"] for r in rows]
+        ax.plot(range(1, len(accs) + 1), accs, marker="o")
+        ax.set_xlabel("decision (one per cell type and event)")
+        ax.set_ylabel("supernet accuracy after it")
+        ax.set_title("supernet accuracy during selection")
+        fig.tight_layout()
+        written.append(os.path.join(out, "selection.png"))
+        fig.savefig(written[-1], dpi=130)
+        plt.close(fig)
+    return written
