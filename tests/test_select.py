@@ -63,6 +63,14 @@ def test_pt_selects_by_the_recorded_scores_and_resumes(searched):
             assert kept[(r["node"], r["input"])] == r["choice"]
     assert g.meta["selector"] == "pt"
     assert Genotype.load(os.path.join(wd, "genotype.json")).to_json() == g.to_json()
+    # kill-and-resume ends with the same genotype and scores as an uninterrupted selection
+    whole = searched + "_whole"
+    shutil.copytree(searched, whole)
+    g2 = run_select(whole, cfg, log=lambda s: None)
+    assert g2.to_json()["cells"] == g.to_json()["cells"]
+    rows2 = read_jsonl(os.path.join(whole, "selection", "scores.jsonl"))
+    assert [r.get("choice", r.get("kept_inputs")) for r in rows2] == \
+        [r.get("choice", r.get("kept_inputs")) for r in rows]
 
 
 def test_cli_select_magnitude_and_errors(searched, tmp_path, capsys):

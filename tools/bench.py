@@ -1,7 +1,8 @@
 """Search-step throughput benchmark (first order, synthetic CIFAR-shaped data).
 
-Runs `SearchLoop`'s own traced step (alpha step + weight step, one device). Prints JSON: per
-config, train-batch images per second (median of timed steps after warm-up),
+Runs `SearchLoop`'s own traced step (alpha step + weight step, one device) and its PT scoring
+pass (a masked-op evaluation with BN batch statistics). Prints JSON: per config, train-batch
+images per second, PT scoring images per second (median of timed steps after warm-up),
 seconds from launch to the end of the first step (build + trace + first call) and peak RSS.
 
     python tools/bench.py                       # all three configs of the issue
@@ -23,6 +24,7 @@ CONFIGS = {
     "nb201_c16_n5_b64": dict(space="nb201", channels=16, layers=5, batch=64),
 }
 PYTORCH_REFERENCE = {"darts_c16_l8_b64": 1.22, "darts_c8_l5_b32": 4.58, "nb201_c16_n5_b64": 8.74}
+PYTORCH_PT = {"darts_c16_l8_b64": 12.0, "nb201_c16_n5_b64": 40.4}  # PT scoring pass
 
 
 def run_one(name, steps, warmup):
@@ -55,7 +57,22 @@ def run_one(name, steps, warmup):
         if i >= warmup:
             times.append(time.time() - t0)
     med = statistics.median(times)
+    # PT scoring pass: one masked-op evaluation of a batch (BN batch statistics, no gradient)
+    arch = loop.model.archs[0]
+    arch.mask_op(0, 0)
+    loop._eval_fn(bv, training=True)
+    pt_times = []
+    for i in range(warmup + steps):
+        t0 = time.time()
+        loop._eval_fn(bv, training=True)
+        float(loop.metrics["valid_acc"].result())
+        if i >= warmup:
+            pt_times.append(time.time() - t0)
+    arch.reset_op_mask()
+    pt = statistics.median(pt_times)
     return {"config": name, "images_per_s": b / med, "median_step_s": med,
+            "pt_scoring_images_per_s": b / pt, "pt_scoring_batch_s": pt,
+            "pytorch_pt_images_per_s": PYTORCH_PT.get(name),
             "first_step_s": first, "peak_rss_gb": resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "pytorch_images_per_s": PYTORCH_REFERENCE[name],
