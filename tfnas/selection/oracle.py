@@ -184,11 +184,7 @@ class PTTuner(kt.Tuner):
                     row = self.selector.decide_topology(ctype, target)
                     choice = ",".join(str(v) for v in sorted(row["kept_inputs"]))
                 metrics[f"choice/{labels[ctype]}"] = float(hp.values.index(choice))
-            last = i == len(self.oracle.events) - 1
-            epochs = 1 if last else self.selector.config.tune_epochs_per_decision
-            for k in range(epochs):
-                self.selector.loop.train_epoch(i, self.selector.config.tune_lr,
-                                               data_epoch=10_000 + i * 100 + k)
+            self.selector.tune_after(i)
         metrics[OBJECTIVE] = self.selector.score()[1]
         return metrics
 

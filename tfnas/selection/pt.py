@@ -153,6 +153,14 @@ class PerturbationSelector:
                 "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
                 "acc_before": before[1], "acc_after": self.score()[1]}
 
+    def tune_after(self, i):
+        """Progressive tuning after decision event `i` (one epoch after the last event)."""
+        epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
+        for k in range(epochs):
+            rec = self.loop.train_epoch(i, self.config.tune_lr, data_epoch=10_000 + i * 100 + k)
+            self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
+                     f"acc {rec['train_acc']:.3f}")
+
     # --- the schedule ----------------------------------------------------------------------
     def run(self):
         """Runs (or resumes) the selection; returns the final Genotype."""
@@ -178,12 +186,7 @@ class PerturbationSelector:
                 row["event"] = i
                 append_jsonl(self.scores_path, row)
                 self.log(self._describe(i, row))
-            epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
-            for k in range(epochs):
-                rec = self.loop.train_epoch(i, self.config.tune_lr,
-                                            data_epoch=10_000 + i * 100 + k)
-                self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
-                         f"acc {rec['train_acc']:.3f}")
+            self.tune_after(i)
             self.checkpointer.save(i, {"event": i})
             left = (time.time() - t_run) / (i - start + 1) * (len(self.events) - i - 1)
             self.log(f"decision {i + 1}/{len(self.events)} done; ETA {left:.0f}s")
