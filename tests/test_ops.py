@@ -88,3 +88,12 @@ def test_bad_stride_and_channels():
         build_op("sep_conv_3x3", 4, 3, True)
     with pytest.raises(ValueError, match="channels must be positive"):
         build_op("sep_conv_3x3", 0, 1, True)
+
+
+def test_avg_pool_stride2_odd_sizes_match_a_nanmean_reference():
+    x = tf.random.normal((2, 7, 9, 3))
+    y = Pool(3, 2, kind="avg")(x).numpy()
+    xp = np.pad(x.numpy(), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+    ref = np.array([[np.nanmean(xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :], axis=(1, 2))
+                     for j in range(5)] for i in range(4)]).transpose(2, 0, 1, 3)
+    np.testing.assert_allclose(y, ref, atol=1e-5)

@@ -37,3 +37,11 @@ def read_jsonl(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_jsonl(path, key, start):
+    """Keeps only the rows with row[key] < start (atomically), e.g. on resume."""
+    rows = read_jsonl(path)
+    if any(r[key] >= start for r in rows):
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                        for r in rows if r[key] < start))

@@ -7,6 +7,7 @@ Kernels are initialised like PyTorch's default (uniform in +-1/sqrt(fan_in)).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfnas.ops.norm import BatchNorm
@@ -60,6 +61,16 @@ def depthwise_conv2d(x, kernel, stride=1, dilation=1):
     return tf.raw_ops.DepthwiseConv2dNative(
         input=x, filter=kernel, strides=[1, stride, stride, 1], padding=pad,
         dilations=[1, dilation, dilation, 1])
+
+
+def _inverse_window_counts(h, w):
+    """9 / (real pixels in each 3x3 stride-2 window with symmetric padding 1), [1, H', W', 1]:
+    turns avg_pool's sum/9 into the mean over real pixels. Computed once in numpy from the
+    static size instead of per call in the graph."""
+    def counts(n):
+        starts = np.arange(0, n, 2) - 1
+        return np.minimum(starts + 3, n) - np.maximum(starts, 0)
+    return (9.0 / np.outer(counts(h), counts(w))).astype(np.float32)[None, :, :, None]
 
 
 class OpLayer(keras.layers.Layer):
@@ -226,8 +237,7 @@ class Pool(OpLayer):
             return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=-3.0e38), 3, 2, "VALID")
         # Symmetric padding with the count of real pixels per window (count_include_pad=False).
         total = tf.nn.avg_pool2d(tf.pad(x, pads), 3, 2, "VALID")
-        ones = tf.pad(tf.ones_like(x[:1, :, :, :1]), pads)
-        return total / tf.nn.avg_pool2d(ones, 3, 2, "VALID")
+        return total * _inverse_window_counts(x.shape[1], x.shape[2])
 
     def call(self, x, training=False):
         y = self._pool(x)

@@ -20,7 +20,7 @@ from tfnas.checkpoint import Checkpointer
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, read_jsonl
+from tfnas.io import append_jsonl, atomic_write_json, truncate_jsonl
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.optim import MomentumSGD
 from tfnas.selection import magnitude_genotype
@@ -290,13 +290,7 @@ class SearchLoop:
     def _truncate_logs(self, start):
         """Drops log lines of epochs after the checkpoint we resume from."""
         for name in ("metrics.jsonl", "alphas.jsonl"):
-            path = os.path.join(self.workdir, name)
-            rows = read_jsonl(path)
-            if any(r["epoch"] >= start for r in rows):
-                from tfnas.io import atomic_write_text
-                import json
-                atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                for r in rows if r["epoch"] < start))
+            truncate_jsonl(os.path.join(self.workdir, name), "epoch", start)
 
     def _write_env(self, resumed_from):
         import platform

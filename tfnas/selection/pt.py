@@ -27,7 +27,7 @@ import numpy as np
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.errors import WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, read_jsonl
+from tfnas.io import append_jsonl, atomic_write_json, truncate_jsonl
 from tfnas.selection.magnitude import magnitude_genotype
 
 SELECTORS = ("pt", "pt_mag", "magnitude")
@@ -170,11 +170,7 @@ class PerturbationSelector:
                 "run": os.path.abspath(self.loop.workdir)})
         state = self.checkpointer.restore_latest()
         start = state["event"] + 1 if state else 0
-        rows = [r for r in read_jsonl(self.scores_path) if r["event"] < start]
-        from tfnas.io import atomic_write_text
-        import json
-        atomic_write_text(self.scores_path, "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                    for r in rows))
+        truncate_jsonl(self.scores_path, "event", start)
         if start:
             self.log(f"resuming selection after decision {start}/{len(self.events)}")
         t_run = time.time()
