@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from helpers import tiny_config
 from tfnas.cli import main
@@ -87,52 +88,171 @@ def test_cli_select_magnitude_and_errors(searched, tmp_path, capsys):
     assert main(["select", f"--workdir={wd}", "--selector=best"]) == 2
 
 
-def test_keras_tuner_oracle_gives_the_same_genotype_as_tfnas_select(searched, tmp_path):
+def test_tfnas_select_runs_the_oracle_and_matches_the_plain_selector(searched, tmp_path):
     import shutil
 
-    import tensorflow as tf
-    from tfnas.config import SearchConfig
-    from tfnas.search import SearchLoop
-    from tfnas.selection.oracle import (GenotypeHyperModel, PerturbationOracle, PTTuner,
-                                        genotype_from_values)
-    from tfnas.selection.pt import PerturbationSelector
-    import json
+    import keras_tuner as kt
+    from tfnas.selection import (GenotypeHyperModel, PerturbationOracle, PerturbationSelector,
+                                 genotype_from_values)
+    from tfnas.selection.pt import load_search
 
     cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=2)
-    direct_wd = str(tmp_path / "direct")
-    shutil.copytree(searched, direct_wd)
-    direct = run_select(direct_wd, cfg, log=lambda s: None)
-
     wd = str(tmp_path / "tuner")
     shutil.copytree(searched, wd)
-    with open(os.path.join(wd, "config.json")) as f:
-        scfg = SearchConfig.from_json(json.load(f))
-    loop = SearchLoop(scfg, wd, tf.distribute.get_strategy(), log=lambda s: None)
-    loop.checkpointer.restore_latest()
-    selector = PerturbationSelector(loop, cfg, os.path.join(wd, "selection"), log=lambda s: None)
-    oracle = PerturbationOracle(loop.space, seed=scfg.seed)
+    assert main(["select", f"--workdir={wd}", "--tune_epochs_per_decision=1",
+                 "--score_batches=2"]) == 0
+    written = Genotype.load(os.path.join(wd, "genotype.json"))
+
+    # the same events without KerasTuner give the same genotype
+    plain_wd = str(tmp_path / "plain")
+    shutil.copytree(searched, plain_wd)
+    loop = load_search(plain_wd, log=lambda s: None)
+    plain = PerturbationSelector(loop, cfg, os.path.join(plain_wd, "selection"),
+                                 log=lambda s: None).run()
+    assert plain.to_json()["cells"] == written.to_json()["cells"]
+
+    # the KerasTuner project reloads, and its best hyperparameters are genotype.json
+    oracle = PerturbationOracle(loop.space, seed=loop.config.seed)
     hm = GenotypeHyperModel(loop.space, 10, (8, 8, 1), channels=4, layers=3)
-    tuner = PTTuner(oracle, selector, hypermodel=hm, directory=str(tmp_path / "kt"),
-                    project_name="pt", overwrite=True)
-    tuner.search()
+    tuner = kt.Tuner(oracle, hypermodel=hm, directory=os.path.join(wd, "selection"),
+                     project_name="tuner", overwrite=False)
+    assert len(tuner.oracle.trials) == len(oracle.events) + 1
     best = tuner.get_best_hyperparameters()[0]
-    g = genotype_from_values(loop.space, best.values)
-    assert g.to_json()["cells"] == direct.to_json()["cells"]
-    assert len(oracle.trials) == len(oracle.events) + 1
-    assert os.path.exists(tmp_path / "kt" / "pt" / "oracle.json")
-    model = tuner.hypermodel.build(best)  # a retrainable discrete network
+    assert genotype_from_values(loop.space, best.values).to_json()["cells"] == \
+        written.to_json()["cells"]
+    model = hm.build(best)  # a retrainable discrete network
     assert model.count_params() > 0
 
     # the same space as a baseline under RandomSearch
-    import numpy as np
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
     y = np.arange(16) % 10
-    rs = __import__("keras_tuner").RandomSearch(
-        hm, objective="val_accuracy", max_trials=2, directory=str(tmp_path / "kt"),
-        project_name="random", overwrite=True, seed=1)
+    rs = kt.RandomSearch(hm, objective="val_accuracy", max_trials=2,
+                         directory=str(tmp_path / "kt"), project_name="random", overwrite=True,
+                         seed=1)
     rs.search(x, y, epochs=1, validation_data=(x, y), verbose=0)
     assert len(rs.oracle.trials) == 2
     genotype_from_values(loop.space, rs.get_best_hyperparameters()[0].values)
+
+
+def _zero_op(loop, ctype, edge, op_index):
+    """Zeroes every weight of op `op_index` on `edge` in every cell of type `ctype`: the op
+    then outputs exactly zero (BN of a zero map is zero with batch or running statistics)."""
+    for cell, t in zip(loop.model.cells, loop.model.cell_types):
+        if t == ctype:
+            for v in cell.edges[edge].ops[op_index].weights:
+                v.assign(tf.zeros(v.shape, v.dtype))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A supernet where every path runs through normal/reduce edge 1 (input 1 -> node 2,
+    ops [skip_connect, sep_conv_3x3]) then edge 4 (node 2 -> node 3): edges 0, 2, 3 are
+    removed during training, and sep_conv on normal edge 1 is masked, so the trained signal
+    of that edge is skip_connect's."""
+    from tfnas.search import SearchLoop
+    tmp = tmp_path_factory.mktemp("plant")
+    space = tmp / "space.json"
+    space.write_text('{"name": "plant", "family": "darts", "steps": 2, '
+                     '"ops": ["skip_connect", "sep_conv_3x3"]}')
+    cfg = tiny_config(str(tmp), space=str(space), arch_update="frozen", epochs=4,
+                      steps_per_epoch=6, limit_examples=600)
+    loop = SearchLoop(cfg, str(tmp / "run"), tf.distribute.get_strategy(), log=lambda s: None)
+    for ctype in ("normal", "reduce"):
+        for e in (0, 2, 3):
+            loop.model.arch(ctype).remove_edge(e)
+    loop.model.arch("normal").mask_op(1, 1)
+    for epoch in range(cfg.epochs):
+        loop.train_epoch(epoch, 0.05)
+    arch = loop.model.arch("normal")
+    arch.reset_op_mask()
+    _zero_op(loop, "normal", 1, 1)
+    return loop
+
+
+def test_planted_case_pt_and_magnitude_disagree(planted, tmp_path):
+    """sep_conv on normal edge 1 outputs zero (removing it changes nothing) but has the
+    largest alpha; skip_connect carries every bit of signal. Magnitude keeps sep_conv, PT
+    keeps skip_connect, and the recorded scores say why."""
+    from tfnas.selection import PerturbationSelector
+    from tfnas.selection.magnitude import magnitude_genotype
+    loop, edge = planted, 1
+    arch = loop.model.arch("normal")
+    alpha = arch.alpha.numpy()
+    alpha[edge] = [-1.0, 1.0]
+    arch.alpha.assign(alpha)
+    mag = magnitude_genotype(loop.space, loop.model.softmax_numpy())
+    assert ("sep_conv_3x3", 1) in [(e.op, e.input) for e in mag.cells["normal"]["edges"]
+                                   if e.node == 2]
+    selector = PerturbationSelector(loop, SelectConfig(selector="pt", score_batches=0),
+                                    str(tmp_path / "sel"), log=lambda s: None)
+    row = selector.decide_op("normal", edge)
+    assert row["alphas"]["sep_conv_3x3"] > 0.85
+    assert row["scores"]["sep_conv_3x3"]["acc"] == pytest.approx(row["acc_before"], abs=1e-6)
+    # without skip_connect every cell outputs zero: one constant prediction
+    assert row["scores"]["skip_connect"]["acc"] < 0.2 < row["acc_before"]
+    assert row["choice"] == "skip_connect"
+    np.testing.assert_array_equal(arch.fixed_w.numpy()[edge], [1.0, 0.0])
+    arch.is_fixed.assign(tf.zeros_like(arch.is_fixed))
+
+
+def test_topology_removes_a_useless_input(planted, tmp_path):
+    """Node 3 gets its inputs 0 and 1 back, each fixed to a zeroed sep_conv (useless);
+    input 2 carries the signal. The removed edge is a useless one, never input 2."""
+    from tfnas.selection import PerturbationSelector
+    loop = planted
+    cspace = loop.space.cells["normal"]
+    eids = list(cspace.node_edges(3))
+    assert [cspace.edges[e][1] for e in eids] == [0, 1, 2]
+    arch = loop.model.arch("normal")
+    for e in eids[:2]:
+        arch.remove_edge(e, removed=False)
+        arch.fix_edge(e, 1)
+        _zero_op(loop, "normal", e, 1)
+    for crit in ("acc", "loss"):
+        selector = PerturbationSelector(loop, SelectConfig(crit=crit, score_batches=0),
+                                        str(tmp_path / crit), log=lambda s: None)
+        row = selector.decide_topology("normal", 3)
+        removed = row["rounds"][0]["removed"]
+        assert removed in eids[:2] and 2 in row["kept_inputs"]
+        scores = row["rounds"][0]["scores"]
+        # without input 2 node 3 is zero (node 2 still reaches the cell output)
+        assert scores[str(eids[2])]["loss"] > scores[str(removed)]["loss"]
+        assert scores[str(eids[2])]["acc"] < scores[str(removed)]["acc"]
+        assert row["acc_after"] == pytest.approx(row["acc_before"], abs=1e-6)
+        arch.remove_edge(removed, removed=False)
+
+
+def test_pt_mag_end_to_end_keeps_decided_edges_fixed(searched, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+    from tfnas.selection.pt import load_search
+    wd = str(tmp_path / "mag")
+    shutil.copytree(searched, wd)
+    g = run_select(wd, SelectConfig(selector="pt_mag", tune_epochs_per_decision=1,
+                                    score_batches=1), log=lambda s: None)
+    assert g.meta["selector"] == "pt_mag"
+    rows = read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))
+    for r in rows:
+        if r["kind"] == "op":  # decided by alpha: the largest softmaxed alpha at decision time
+            assert r["scores"] == {}
+            assert r["choice"] == max(r["alphas"], key=r["alphas"].get)
+    # every edge is decided: alpha gradients of the supernet are exactly zero
+    loop = load_search(wd, log=lambda s: None)
+    from tfnas.selection import PerturbationSelector
+    sel = PerturbationSelector(loop, SelectConfig(selector="pt_mag"),
+                               os.path.join(wd, "selection"), log=lambda s: None)
+    sel.restore()
+    x, y = next(iter(loop.pipeline.evaluation(loop.data.x_train[:32], loop.data.y_train[:32])))
+    with tf.GradientTape() as tape:
+        logits = loop.model(x, training=True)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True))
+    grads = tape.gradient(loss, loop.alphas)
+    for gr in grads:
+        assert gr is None or float(tf.reduce_max(tf.abs(gr))) == 0.0
+    # TensorBoard has the selection run
+    assert os.listdir(os.path.join(wd, "tb", "selection"))
 
 
 def test_report_writes_the_plots(searched, tmp_path, capsys):

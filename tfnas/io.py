@@ -45,3 +45,9 @@ def truncate_jsonl(path, key, start):
     if any(r[key] >= start for r in rows):
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n"
                                         for r in rows if r[key] < start))
+
+
+def fmt_time(seconds):
+    """'3m05s' or '2h07m': durations in progress lines."""
+    s = int(round(max(seconds, 0)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

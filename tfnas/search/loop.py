@@ -20,7 +20,7 @@ from tfnas.checkpoint import Checkpointer
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, truncate_jsonl
+from tfnas.io import append_jsonl, atomic_write_json, fmt_time, truncate_jsonl
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.optim import MomentumSGD
 from tfnas.selection import magnitude_genotype
@@ -271,7 +271,7 @@ class SearchLoop:
                  f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}"]
         if "valid_acc" in r:
             parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
-        parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {_fmt_time(eta)}")
+        parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {fmt_time(eta)}")
         return " | ".join(parts)
 
     def _log_epoch(self, record, writer):
@@ -312,11 +312,6 @@ def alphas_digest(softmaxed):
     for t in sorted(softmaxed):
         h.update(np.round(np.asarray(softmaxed[t], np.float64), 6).tobytes())
     return h.hexdigest()[:12]
-
-
-def _fmt_time(s):
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def run_search(config, workdir, overwrite=False, strategy=None, is_chief=True, log=None):

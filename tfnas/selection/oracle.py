@@ -161,30 +161,43 @@ class PerturbationOracle(kt.Oracle):
         self.next_event, self.final_trial = state["next_event"], state["final_trial"]
 
 
+class _StopSelection(kt.errors.FatalError):
+    """Carries an error of a trial out of KerasTuner (which would otherwise record the trial
+    as invalid and go on)."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
 class PTTuner(kt.Tuner):
-    """Runs each trial's decision event on the supernet with a PerturbationSelector."""
+    """Runs each trial's decision event on the supernet with a PerturbationSelector.
+
+    Call `selector.restore()` before `search()` when resuming: an event the selector's
+    checkpoint already holds is replayed from its log instead of recomputed.
+    """
 
     def __init__(self, oracle, selector, hypermodel=None, **kwargs):
         self.selector = selector
         super().__init__(oracle, hypermodel=hypermodel, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
+        try:
+            return self._run_trial(trial)
+        except Exception as e:  # noqa: BLE001 - re-raised outside KerasTuner
+            raise _StopSelection(e) from e
+
+    def _run_trial(self, trial):
         i = self.oracle.probe.get(trial.trial_id)
         metrics = {}
         if i is not None:
-            kind, targets = self.oracle.events[i]
             labels = self.oracle.event_labels(i)
-            for ctype, target in targets.items():
-                hp = next(h for h in self.oracle.hyperparameters.space
-                          if h.name == labels[ctype])
-                if kind == "op":
-                    row = self.selector.decide_op(ctype, target)
-                    choice = row["choice"]
-                else:
-                    row = self.selector.decide_topology(ctype, target)
-                    choice = ",".join(str(v) for v in sorted(row["kept_inputs"]))
-                metrics[f"choice/{labels[ctype]}"] = float(hp.values.index(choice))
-            self.selector.tune_after(i)
+            for row in self.selector.run_event(i):
+                label = labels[row["cell"]]
+                hp = next(h for h in self.oracle.hyperparameters.space if h.name == label)
+                choice = row["choice"] if row["kind"] == "op" else \
+                    ",".join(str(v) for v in sorted(row["kept_inputs"]))
+                metrics[f"choice/{label}"] = float(hp.values.index(choice))
         metrics[OBJECTIVE] = self.selector.score()[1]
         return metrics
 
@@ -193,3 +206,28 @@ class PTTuner(kt.Tuner):
 
     def load_model(self, trial):
         return None
+
+
+def select_with_oracle(selector, folder):
+    """Runs (or resumes) `selector` as KerasTuner trials under `folder/tuner`; returns the
+    Genotype of `get_best_hyperparameters()` (checked against the supernet's own)."""
+    from tfnas.errors import TrainingError
+    loop = selector.loop
+    selector.restore()
+    oracle = PerturbationOracle(loop.space, seed=selector.seed)
+    hypermodel = GenotypeHyperModel(loop.space, loop.data.num_classes, loop.data.input_shape,
+                                    loop.config.channels, loop.config.layers)
+    tuner = PTTuner(oracle, selector, hypermodel=hypermodel, directory=folder,
+                    project_name="tuner", overwrite=False)
+    try:
+        tuner.search(verbose=0)
+    except _StopSelection as e:
+        raise e.error from None
+    values = tuner.get_best_hyperparameters()[0].values
+    genotype = genotype_from_values(loop.space, values, selector.genotype().meta)
+    own = selector.genotype()
+    if genotype.to_json()["cells"] != own.to_json()["cells"]:
+        raise TrainingError(f"the oracle's genotype differs from the decided supernet's; the "
+                            f"KerasTuner project {tuner.project_dir} does not match the "
+                            f"selector's checkpoints (rerun with --overwrite)")
+    return genotype

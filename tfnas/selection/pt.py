@@ -27,7 +27,7 @@ import numpy as np
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.errors import WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, truncate_jsonl
+from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, truncate_jsonl
 from tfnas.selection.magnitude import magnitude_genotype
 
 SELECTORS = ("pt", "pt_mag", "magnitude")
@@ -89,8 +89,10 @@ class PerturbationSelector:
     def __init__(self, loop, config, folder, log=print):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
         self.space = loop.space
-        seed = config.seed if config.seed >= 0 else loop.config.seed
-        self.events = decision_events(self.space, seed)
+        self.seed = config.seed if config.seed >= 0 else loop.config.seed
+        self.events = decision_events(self.space, self.seed)
+        self.restored_event, self._writer = -1, None
+        self._t_start, self._first = time.time(), 0
         self.checkpointer = Checkpointer(
             os.path.join(folder, "checkpoints"),
             {"model": loop.model.variables, "w_opt": loop.w_opt.variables,
@@ -112,12 +114,17 @@ class PerturbationSelector:
         arch = self.loop.model.arch(ctype)
         ops = self.space.cells[ctype].ops[edge]
         alphas = np.asarray(arch.softmax())[edge, :len(ops)]
+        # DARTS-family genotypes never keep 'none' (the reference would emit another op
+        # silently, REFERENCE 4.3); NB201 may keep it.
+        candidates = [k for k, op in enumerate(ops)
+                      if not (op == "none" and self.space.family == "darts")]
         before = self.score()
         scores, best, choice = {}, None, None
         if self.config.selector == "pt_mag":
-            choice = int(np.argmax(alphas))
+            choice = max(candidates, key=lambda k: alphas[k])
         else:
-            for k, op in enumerate(ops):
+            for k in candidates:
+                op = ops[k]
                 arch.mask_op(edge, k)
                 s = self.score()
                 arch.reset_op_mask()
@@ -160,39 +167,76 @@ class PerturbationSelector:
             rec = self.loop.train_epoch(i, self.config.tune_lr, data_epoch=10_000 + i * 100 + k)
             self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
                      f"acc {rec['train_acc']:.3f}")
+            if self._writer is not None:
+                import tensorflow as tf
+                with self._writer.as_default(step=i * 1000 + k):
+                    tf.summary.scalar("tune/train_loss", rec["train_loss"])
+                    tf.summary.scalar("tune/train_acc", rec["train_acc"])
 
     # --- the schedule ----------------------------------------------------------------------
-    def run(self):
-        """Runs (or resumes) the selection; returns the final Genotype."""
+    def restore(self):
+        """Loads the last checkpointed decision event (if any) and drops log rows after it;
+        returns the index of the next event to run."""
         os.makedirs(self.folder, exist_ok=True)
-        if self.config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
-            return magnitude_genotype(self.space, self.loop.model.softmax_numpy(), meta={
-                "run": os.path.abspath(self.loop.workdir)})
         state = self.checkpointer.restore_latest()
-        start = state["event"] + 1 if state else 0
-        truncate_jsonl(self.scores_path, "event", start)
-        if start:
-            self.log(f"resuming selection after decision {start}/{len(self.events)}")
-        t_run = time.time()
-        for i in range(start, len(self.events)):
-            kind, targets = self.events[i]
-            for ctype, target in targets.items():
-                row = (self.decide_op(ctype, target) if kind == "op"
-                       else self.decide_topology(ctype, target))
-                row["event"] = i
-                append_jsonl(self.scores_path, row)
-                self.log(self._describe(i, row))
-            self.tune_after(i)
-            self.checkpointer.save(i, {"event": i})
-            left = (time.time() - t_run) / (i - start + 1) * (len(self.events) - i - 1)
-            self.log(f"decision {i + 1}/{len(self.events)} done; ETA {left:.0f}s")
-        genotype = magnitude_genotype(self.space, self.loop.model.arch_weights_numpy(), meta={
-            "selector": self.config.selector, "crit": self.config.crit,
-            "seed": self.config.seed if self.config.seed >= 0 else self.loop.config.seed,
+        self.restored_event = state["event"] if state else -1
+        truncate_jsonl(self.scores_path, "event", self.restored_event + 1)
+        if self.restored_event >= 0:
+            self.log(f"resuming selection after decision "
+                     f"{self.restored_event + 1}/{len(self.events)}")
+        self._t_start, self._first = time.time(), self.restored_event + 1
+        return self.restored_event + 1
+
+    def run_event(self, i):
+        """Runs decision event `i` (decide on every cell type, tune, checkpoint) and returns
+        its log rows. An event that the restored checkpoint already holds is not rerun: its
+        rows come from scores.jsonl."""
+        if i <= self.restored_event:
+            return [r for r in read_jsonl(self.scores_path) if r["event"] == i]
+        kind, targets = self.events[i]
+        rows = []
+        for ctype, target in targets.items():
+            row = (self.decide_op(ctype, target) if kind == "op"
+                   else self.decide_topology(ctype, target))
+            row["event"] = i
+            append_jsonl(self.scores_path, row)
+            self._tensorboard(i, row)
+            self.log(self._describe(i, row))
+            rows.append(row)
+        self.tune_after(i)
+        self.checkpointer.save(i, {"event": i})
+        self.restored_event = i
+        done = i - self._first + 1
+        left = (time.time() - self._t_start) / done * (len(self.events) - i - 1)
+        self.log(f"decision {i + 1}/{len(self.events)} done; ETA {fmt_time(left)}")
+        return rows
+
+    def run(self):
+        """Runs (or resumes) every decision event without KerasTuner; returns the Genotype.
+        (`tfnas select` runs the same events through `PerturbationOracle`.)"""
+        for i in range(self.restore(), len(self.events)):
+            self.run_event(i)
+        return self.genotype()
+
+    def genotype(self):
+        """The genotype of the (fully decided) supernet."""
+        g = magnitude_genotype(self.space, self.loop.model.arch_weights_numpy(), meta={
+            "crit": self.config.crit, "seed": self.seed,
             "run": os.path.abspath(self.loop.workdir),
             "tune_epochs_per_decision": self.config.tune_epochs_per_decision})
-        genotype.meta["selector"] = self.config.selector
-        return genotype
+        g.meta["selector"] = self.config.selector
+        return g
+
+    def _tensorboard(self, i, row):
+        import tensorflow as tf
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(
+                os.path.join(self.loop.workdir, "tb", "selection"))
+        with self._writer.as_default(step=i):
+            tf.summary.scalar(f"selection/{row['cell']}_acc_before", row["acc_before"])
+            tf.summary.scalar(f"selection/{row['cell']}_acc_after", row["acc_after"])
+            tf.summary.text(f"decisions/{row['cell']}", self._describe(i, row))
+        self._writer.flush()
 
     def _describe(self, i, row):
         head = f"decision {i + 1}/{len(self.events)} {row['cell']}"
@@ -203,21 +247,42 @@ class PerturbationSelector:
         return f"{head} node {row['node']}: keeps inputs {row['kept_inputs']}"
 
 
-def run_select(workdir, config, overwrite=False, strategy=None, log=print):
-    """Selects an architecture from the finished search in `workdir`; writes
-    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints})."""
+def load_search(workdir, log=print, strategy=None):
+    """A SearchLoop holding the last checkpoint of the finished search in `workdir`.
+
+    Raises:
+        WorkdirError: no finished search there.
+    """
     import json
 
     import tensorflow as tf
     from tfnas.config import SearchConfig
     from tfnas.search import SearchLoop
-    config.validate()
     cfg_path = os.path.join(workdir, "config.json")
     if not os.path.exists(os.path.join(workdir, "genotype_magnitude.json")) or \
             not os.path.exists(cfg_path):
         raise WorkdirError(f"{workdir} holds no finished search (no config.json / "
                            f"genotype_magnitude.json); run `tfnas search --workdir={workdir}` "
                            f"first")
+    with open(cfg_path) as f:
+        search_config = SearchConfig.from_json(json.load(f))
+    loop = SearchLoop(search_config, workdir, strategy or tf.distribute.get_strategy(),
+                      log=log)
+    if loop.checkpointer.restore_latest() is None:
+        raise WorkdirError(f"{workdir} has no search checkpoint to select from")
+    return loop
+
+
+def run_select(workdir, config, overwrite=False, strategy=None, log=print):
+    """Selects an architecture from the finished search in `workdir`; writes
+    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints,
+    tuner/}). PT and PT-Mag run as KerasTuner trials of a `PerturbationOracle` (one trial per
+    decision event); re-running resumes from the KerasTuner project and the selector's
+    checkpoint of the last finished event."""
+    import json
+    import shutil
+    config.validate()
+    loop = load_search(workdir, log, strategy)
     folder = os.path.join(workdir, "selection")
     sel_cfg = os.path.join(folder, "config.json")
     if os.path.exists(sel_cfg) and not overwrite:
@@ -225,17 +290,17 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
             if json.load(f) != config.to_json():
                 raise WorkdirError(f"{folder} holds a selection with a different config; pass "
                                    f"--overwrite to start it again")
-    if overwrite and os.path.isdir(folder):
-        import shutil
-        shutil.rmtree(folder)
+    if overwrite:
+        for path in (folder, os.path.join(workdir, "tb", "selection")):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(sel_cfg, config.to_json())
-    with open(cfg_path) as f:
-        search_config = SearchConfig.from_json(json.load(f))
-    loop = SearchLoop(search_config, workdir, strategy or tf.distribute.get_strategy(),
-                      log=log)
-    if loop.checkpointer.restore_latest() is None:
-        raise WorkdirError(f"{workdir} has no search checkpoint to select from")
-    genotype = PerturbationSelector(loop, config, folder, log).run()
+    if config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
+        genotype = magnitude_genotype(loop.space, loop.model.softmax_numpy(), meta={
+            "selector": "magnitude", "run": os.path.abspath(workdir)})
+    else:
+        from tfnas.selection.oracle import select_with_oracle
+        genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log), folder)
     genotype.save(os.path.join(workdir, "genotype.json"))
     return genotype
