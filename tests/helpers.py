@@ -7,6 +7,7 @@ from tfnas.config import SearchConfig
 
 
 def write_tiny_space(folder):
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "tiny_space.json")
     with open(path, "w") as f:
         json.dump({"name": "tiny", "family": "darts", "steps": 2,

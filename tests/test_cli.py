@@ -15,7 +15,7 @@ from tfnas.cli import main
     (["--epochs=0"], 2, "--epochs=0 is invalid: expected a positive integer"),
     (["--train_portion=1"], 2, "--train_portion=1.0 is invalid: expected a number in (0, 1)"),
     (["--lr=-0.1"], 2, "--lr=-0.1 is invalid: expected a non-negative number"),
-    (["--flagfile=/no/such.cfg"], 2, "Unable to open flagfile"),
+    (["--flagfile=/no/such.cfg"], 2, "No such file or directory"),
     (["--epochs=many"], 2, "argument --epochs: invalid int value: 'many'"),
     (["--dataset=npz:/no/such.npz"], 1, "cannot read npz dataset /no/such.npz"),
 ])

@@ -107,6 +107,19 @@ def build_parser():
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
 
+    query = sub.add_parser("query", help="look up a NAS-Bench-201 architecture",
+                           description="Print the benchmark's accuracies (CIFAR-10, CIFAR-100, "
+                                       "ImageNet16-120) and index of an NB201 architecture.")
+    what = query.add_mutually_exclusive_group(required=True)
+    what.add_argument("--genotype", help="an nb201 genotype JSON (e.g. WORKDIR/genotype.json)")
+    what.add_argument("--arch_str", help="|op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+    query.add_argument("--benchmark", default="nb201", choices=("nb201",))
+    query.add_argument("--table", required=True,
+                       help="CSV table (index,arch_str,<metrics>) or official benchmark file")
+    query.add_argument("--json", type=_bool, nargs="?", const=True, default=False,
+                       help="print one JSON object instead of a table")
+    query.set_defaults(handler=cmd_query)
+
     export = sub.add_parser("export", help="export a genotype to .keras, SavedModel and ONNX",
                             description="Export and check parity (max abs diff <= 1e-4).")
     export.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
@@ -130,6 +143,19 @@ def cmd_select(args):
     config = _config_from_args(args, SelectConfig).validate()
     run_select(args.workdir, config, args.overwrite)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
+    return 0
+
+
+def cmd_query(args):
+    import json
+
+    from tfnas.benchmarks import Benchmark, format_result
+    from tfnas.genotype import Genotype
+    arch = args.arch_str
+    if args.genotype:
+        arch = Genotype.load(args.genotype).to_nb201_string()
+    row = Benchmark(args.table).query(arch)
+    print(json.dumps({"arch_str": arch, **row}) if args.json else format_result(arch, row))
     return 0
 
 
@@ -196,10 +222,71 @@ def cmd_search(args):
     return 0
 
 
+def _read_flagfile(path, seen=()):
+    """The flags of a flagfile (absl format: one flag per line, '#' / '//' comments, nested
+    --flagfile lines expanded)."""
+    if path in seen:
+        raise UsageError(f"--flagfile={path} includes itself")
+    try:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f]
+    except OSError as e:
+        raise UsageError(f"--flagfile={path}: {e.strerror}") from None
+    out = []
+    for ln in lines:
+        if not ln or ln.startswith("#") or ln.startswith("//"):
+            continue
+        if ln.startswith("--flagfile="):
+            out += _read_flagfile(ln.split("=", 1)[1], (*seen, path))
+        else:
+            out.append(ln)
+    return out
+
+
+# Flags that belong to the other stage of an experiment flagfile (one file serves both
+# `tfnas search` and `tfnas select`): dropped when they come from a flagfile.
+def _foreign_flags(command):
+    from tfnas.config import SearchConfig
+    from tfnas.selection.pt import SelectConfig
+    search = {f.name for f in dataclasses.fields(SearchConfig)}
+    select = {f.name for f in dataclasses.fields(SelectConfig)}
+    if command == "search":
+        return select - search
+    if command == "select":
+        return search  # incl. --seed: in an experiment file it is the search's seed
+    return set()
+
+
+def expand_flagfiles(argv):
+    """Expands --flagfile arguments in place; for `search` and `select`, flags from a file
+    that belong to the other stage are dropped (explicit command-line flags never are)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    foreign = _foreign_flags(command) if command in ("search", "select") else set()
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        path = None
+        if arg.startswith("--flagfile="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--flagfile" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 1
+        if path is None:
+            out.append(arg)
+        else:
+            for flag in _read_flagfile(path):
+                name = flag[2:].split("=", 1)[0]
+                if name.startswith("no") and name[2:] in foreign:
+                    name = name[2:]
+                if name not in foreign:
+                    out.append(flag)
+        i += 1
+    return out
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(expand_flagfiles(list(argv)))
         return args.handler(args)
     except TfnasError as e:
         print(f"tfnas: error: {e}", file=sys.stderr)

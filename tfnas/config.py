@@ -62,13 +62,27 @@ class SearchConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(3e-4, "coupled L2 on the weights, as PyTorch's SGD")
     grad_clip: float = _f(5.0, "global-norm clip of the weight gradients (0: off)")
-    arch_update: str = _f("first_order", "how alpha is trained",
-                          ("first_order", "second_order", "frozen"))
+    arch_update: str = _f("first_order", "how alpha is trained (sgas: first order plus SGAS's "
+                                         "progressive edge decisions)",
+                          ("first_order", "second_order", "frozen", "sgas"))
     arch_lr: float = _f(3e-4, "Adam learning rate of alpha")
     arch_beta1: float = _f(0.5, "Adam beta_1 of alpha")
     arch_beta2: float = _f(0.999, "Adam beta_2 of alpha")
     arch_weight_decay: float = _f(1e-3, "coupled L2 on alpha, as PyTorch's Adam")
-    perturbation: str = _f("none", "alpha perturbation during the weight step", ("none",))
+    perturbation: str = _f("none", "alpha perturbation during the weight step: SDARTS-RS "
+                                   "(random) or SDARTS-ADV (adversarial)",
+                           ("none", "random", "adversarial"))
+    epsilon: float = _f(0.3, "SDARTS: final perturbation radius (grows from 0.03; constant "
+                             "during PT tuning)")
+    sgas_criterion: int = _f(1, "SGAS edge criterion 1 (importance x certainty) or 2 (x "
+                                "stability)", )
+    sgas_warmup: int = _f(9, "SGAS: epochs before the first edge decision")
+    sgas_freq: int = _f(5, "SGAS: epochs between edge decisions")
+    sgas_op: str = _f("magnitude", "SGAS: op of a chosen edge by alpha (SGAS) or by the PT "
+                                   "criterion (SGAS+PT)", ("magnitude", "pt"))
+    sgas_pt_batches: int = _f(0, "SGAS+PT: score on the first N alpha batches (0: all)")
+    benchmark_table: str = _f("", "NAS-Bench-201 table (CSV) or official benchmark file: log "
+                                  "the queried accuracy of the magnitude genotype each epoch")
     # run
     seed: int = _f(2, "seed of weights, alpha init and data order")
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0: a full pass over the weight split)")
@@ -96,6 +110,14 @@ class SearchConfig:
         for name in ("arch_beta1", "arch_beta2", "cutout_prob"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "a number in [0, 1]")
         need(self.momentum < 1.0, "momentum", "a number in [0, 1)")
+        need(self.epsilon > 0, "epsilon", "a positive number")
+        need(self.sgas_criterion in (1, 2), "sgas_criterion", "1 or 2")
+        need(self.sgas_warmup >= 0, "sgas_warmup", "0 or a positive integer")
+        need(self.sgas_freq > 0, "sgas_freq", "a positive integer")
+        need(self.sgas_pt_batches >= 0, "sgas_pt_batches", "0 or a positive integer")
+        if self.benchmark_table:
+            import os
+            need(os.path.exists(self.benchmark_table), "benchmark_table", "an existing file")
         _check_choices_and_dataset(self)
         from tfnas.spaces import get_space
         try:

@@ -1,11 +1,20 @@
 """Pluggable parts of the search loop: how alpha is updated, how it is perturbed.
 
-An architecture update is a tiny class with one hook, `step(loop, train_batch, valid_batch)`,
-called inside the traced search step in the cross-replica context before the weight update.
-An alpha perturbation returns the probabilities the weight step uses (None: plain softmax).
-Later methods (SDARTS, SGAS) add entries here instead of forking the loop.
+An architecture update is a small class with hooks:
+
+- `step(loop, train_batch, valid_batch)`: inside the traced search step, in the cross-replica
+  context, before the weight update;
+- `end_epoch(loop, epoch)`: eagerly after each search epoch (SGAS decides edges here).
+
+An alpha perturbation has `begin_epoch(loop, epoch, tuning)` (eager: set its strength) and
+`probs(loop, train_batch)` (traced: the probabilities the weight step uses; None = plain
+softmax). Decided and removed edges always override the probabilities (ArchParameters.call),
+so a perturbation never touches a decided edge. Methods are entries here, not forked loops.
 """
 
+import math
+
+import numpy as np
 import tensorflow as tf
 
 from tfnas.registry import Registry
@@ -18,6 +27,7 @@ class FirstOrder:
     """DARTS first order: Adam on d L_valid / d alpha at the current weights."""
 
     trains_alpha = True
+    variables = ()
 
     def setup(self, loop):
         pass
@@ -25,6 +35,9 @@ class FirstOrder:
     def step(self, loop, bt, bv):
         grads = loop.reduced_grads(bv, loop.alphas, metrics="alpha")
         loop.apply_alpha_grads(grads)
+
+    def end_epoch(self, loop, epoch):
+        pass
 
 
 class SecondOrder(FirstOrder):
@@ -68,6 +81,7 @@ class Frozen:
     """Alpha stays at its initialisation (the paper's "fixed alpha" supernet)."""
 
     trains_alpha = False
+    variables = ()
 
     def setup(self, loop):
         pass
@@ -75,16 +89,208 @@ class Frozen:
     def step(self, loop, bt, bv):
         pass
 
+    def end_epoch(self, loop, epoch):
+        pass
 
-class NoPerturbation:
+
+# --- SGAS -----------------------------------------------------------------------------------
+def _minmax(v):
+    """SGAS's normalisation to [0, 1]; a constant vector (e.g. edge importance in a space
+    without 'none') becomes all ones, so it does not zero the product of criteria."""
+    v = np.asarray(v, np.float64)
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else np.ones_like(v)
+
+
+def _non_none(space, ctype, probs):
+    """Per edge: (mass on non-'none' ops, renormalised distribution over them)."""
+    out = []
+    for e, ops in enumerate(space.cells[ctype].ops):
+        keep = [k for k, op in enumerate(ops) if op != "none"]
+        p = np.asarray(probs[e], np.float64)[keep]
+        out.append((p.sum(), p / max(p.sum(), 1e-12)))
+    return out
+
+
+def sgas_scores(space, ctype, probs, history=(), criterion=1, window=4):
+    """SGAS edge scores (Li et al. 2020; REFERENCE 4.7) of every edge of `ctype`.
+
+    Criterion 1: normalize(importance) x normalize(certainty), importance = softmax mass on
+    the non-'none' ops, certainty = 1 - entropy(renormalised non-'none' ops) / log(#ops).
+    Criterion 2 multiplies in normalize(stability): the mean histogram intersection of the
+    current distribution with those of the last `window` epochs (`history`, oldest first).
+    """
+    cur = _non_none(space, ctype, probs)
+    imp = np.array([m for m, _ in cur])
+    cert = []
+    for _, p in cur:
+        n = len(p)
+        ent = -np.sum(p * np.log(np.clip(p, 1e-12, None)))
+        cert.append(1.0 - ent / math.log(n) if n > 1 else 1.0)
+    score = _minmax(imp) * _minmax(cert)
+    if criterion == 2:
+        past = [_non_none(space, ctype, h) for h in list(history)[-window:]]
+        stab = np.array([np.mean([np.minimum(p, old[e][1]).sum() for old in past])
+                         if past else 1.0 for e, (_, p) in enumerate(cur)])
+        score = score * _minmax(stab)
+    return score
+
+
+class SGAS(FirstOrder):
+    """SGAS: first-order DARTS plus greedy edge decisions during the search.
+
+    After epoch `sgas_warmup` and every `sgas_freq` epochs after it, each cell type fixes the
+    undecided edge with the highest SGAS score to its best op (alpha argmax over non-'none'
+    ops, or the PT criterion with `--sgas_op=pt`: SGAS+PT). A node with two decided inputs
+    loses its other input edges. Decisions are ArchParameters state, so they are checkpointed
+    with the model; each is one line of WORKDIR/sgas.jsonl.
+    """
+
     def setup(self, loop):
+        self.history = None  # softmaxed alphas per finished epoch (criterion 2)
+        self.selector = None
+
+    def _load_history(self, loop, epoch):
+        import os
+
+        from tfnas.io import read_jsonl
+        rows = read_jsonl(os.path.join(loop.workdir, "alphas.jsonl"))
+        return [r["softmax"] for r in rows if r["epoch"] < epoch]
+
+    def end_epoch(self, loop, epoch):
+        c = loop.config
+        if self.history is None:
+            self.history = self._load_history(loop, epoch) if epoch else []
+        soft = loop.model.softmax_numpy()
+        due = epoch >= c.sgas_warmup and (epoch - c.sgas_warmup) % c.sgas_freq == 0
+        if due:
+            for ctype in loop.space.cell_types:
+                row = self.decide(loop, ctype, soft, epoch)
+                if row:
+                    loop.log(f"SGAS epoch {epoch + 1}: {ctype} edge {row['input']}->"
+                             f"{row['node']} = {row['op']}")
+                    if loop.is_chief:
+                        import os
+
+                        from tfnas.io import append_jsonl
+                        append_jsonl(os.path.join(loop.workdir, "sgas.jsonl"), row)
+        self.history.append({t: np.asarray(v).tolist() for t, v in soft.items()})
+
+    def decide(self, loop, ctype, soft, epoch):
+        space, arch = loop.space, loop.model.arch(ctype)
+        cspace = space.cells[ctype]
+        fixed = arch.is_fixed.numpy() > 0.5
+        live = arch.edge_mask.numpy() > 0.5
+        cand = [e for e in range(cspace.num_edges) if live[e] and not fixed[e]]
+        if not cand:
+            return None
+        hist = [h[ctype] for h in self.history]
+        scores = sgas_scores(space, ctype, soft[ctype], hist, loop.config.sgas_criterion)
+        edge = max(cand, key=lambda e: (scores[e], -e))
+        ops = cspace.ops[edge]
+        if loop.config.sgas_op == "pt":
+            row = self._pt_selector(loop).decide_op(ctype, edge)
+            op, pt_scores = row["choice"], row["scores"]
+        else:
+            keep = [k for k, o in enumerate(ops) if o != "none"]
+            k = max(keep, key=lambda k: (soft[ctype][edge][k], -k))
+            arch.fix_edge(edge, k)
+            op, pt_scores = ops[k], {}
+        node, inp = cspace.edges[edge]
+        node_fixed = [e for e in cspace.node_edges(node) if arch.is_fixed.numpy()[e] > 0.5]
+        pruned = []
+        if len(node_fixed) >= 2:  # SGAS's check_edges: the node has its two inputs
+            for e in cspace.node_edges(node):
+                if e not in node_fixed and arch.edge_mask.numpy()[e] > 0.5:
+                    arch.remove_edge(e)
+                    pruned.append(cspace.edges[e][1])
+        return {"epoch": epoch, "cell": ctype, "edge": edge, "node": node, "input": inp,
+                "op": op, "score": float(scores[edge]),
+                "scores": {str(e): float(scores[e]) for e in cand},
+                "pt_scores": pt_scores, "pruned_inputs": pruned}
+
+    def _pt_selector(self, loop):
+        if self.selector is None:
+            import os
+
+            from tfnas.selection.pt import PerturbationSelector, SelectConfig
+            cfg = SelectConfig(selector="pt", score_batches=loop.config.sgas_pt_batches)
+            self.selector = PerturbationSelector(loop, cfg, os.path.join(loop.workdir, "sgas"),
+                                                 log=loop.log)
+        return self.selector
+
+
+# --- alpha perturbations (SDARTS) -----------------------------------------------------------
+class NoPerturbation:
+    variables = ()
+
+    def setup(self, loop):
+        pass
+
+    def begin_epoch(self, loop, epoch, tuning=False):
         pass
 
     def probs(self, loop, bt):
         return None
 
 
+def _to_simplex(p, valid):
+    """SDARTS's clip(): negative entries to 0, each row renormalised (padding stays 0)."""
+    p = tf.maximum(p, 0.0) * valid
+    return p / tf.maximum(tf.reduce_sum(p, axis=-1, keepdims=True), 1e-12)
+
+
+class RandomSmoothing(NoPerturbation):
+    """SDARTS-RS: the weight step sees softmax(alpha) + U(-eps, eps), clipped back to the
+    simplex. eps grows linearly from 0.03 to `--epsilon` over the search and is `--epsilon`
+    during PT tuning (REFERENCE 4.7); alpha itself is never changed."""
+
+    def setup(self, loop):
+        self.epsilon = tf.Variable(0.0, trainable=False, name="sdarts_epsilon")
+        self.rng = tf.random.Generator.from_seed(loop.config.seed + 7919)
+        self.variables = [self.epsilon, self.rng.state]
+
+    def begin_epoch(self, loop, epoch, tuning=False):
+        c = loop.config
+        eps = c.epsilon if tuning else 0.03 + (c.epsilon - 0.03) * epoch / c.epochs
+        self.epsilon.assign(eps)
+
+    def _noise(self, arch):
+        eps = self.epsilon.value()
+        return self.rng.uniform(arch.shape, -eps, eps) * arch._valid
+
+    def probs(self, loop, bt):
+        return {t: _to_simplex(a.softmax() + self._noise(a), a._valid)
+                for t, a in zip(loop.space.cell_types, loop.model.archs)}
+
+
+class AdversarialPerturbation(RandomSmoothing):
+    """SDARTS-ADV: a 7-step L-inf PGD attack on the softmaxed alphas against the training
+    batch (step 2 eps / 7, random start, projected to the eps-ball and the simplex after
+    every step, BN in inference mode), kept only if it raises the loss (REFERENCE 4.7)."""
+
+    steps = 7
+
+    def probs(self, loop, bt):
+        types, archs = loop.space.cell_types, loop.model.archs
+        eps = self.epsilon.value()
+        clean = [a.softmax() for a in archs]
+        p = [_to_simplex(c + self._noise(a), a._valid) for c, a in zip(clean, archs)]
+        lr = 2.0 * eps / self.steps
+        for _ in range(self.steps):
+            grads = loop.reduced_grads(bt, p, probs=dict(zip(types, p)), training=False)
+            p = [_to_simplex(tf.clip_by_value(q + lr * tf.sign(g), c - eps, c + eps), a._valid)
+                 for q, g, c, a in zip(p, grads, clean, archs)]
+        adv = loop.reduced_loss(bt, probs=dict(zip(types, p)), training=False)
+        base = loop.reduced_loss(bt, probs=dict(zip(types, clean)), training=False)
+        keep = adv > base
+        return {t: tf.where(keep, q, c) for t, q, c in zip(types, p, clean)}
+
+
 ARCH_UPDATES.register("first_order", FirstOrder)
 ARCH_UPDATES.register("second_order", SecondOrder)
 ARCH_UPDATES.register("frozen", Frozen)
+ARCH_UPDATES.register("sgas", SGAS)
 PERTURBATIONS.register("none", NoPerturbation)
+PERTURBATIONS.register("random", RandomSmoothing)
+PERTURBATIONS.register("adversarial", AdversarialPerturbation)

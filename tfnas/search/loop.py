@@ -28,7 +28,7 @@ from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 
 RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
-             "genotype_magnitude.json")
+             "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
 
 
 def cosine_lr(epoch, epochs, lr, lr_min):
@@ -120,11 +120,20 @@ class SearchLoop:
             self.arch_update.setup(self)
             self.perturbation.setup(self)
         self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            {"model": self.model.variables, "w_opt": self.w_opt.variables,
-             "a_opt": self.a_opt.variables}, keep=config.keep_checkpoints)
+            os.path.join(workdir, "checkpoints"), self.state_variables(),
+            keep=config.keep_checkpoints)
+        self.benchmark = None
+        if config.benchmark_table:
+            from tfnas.benchmarks import open_benchmark
+            self.benchmark = open_benchmark(config.benchmark_table, self.space)
         self._step_fn = tf.function(self._step, jit_compile=config.jit_compile or None)
         self._eval_fn = tf.function(self._eval_step)
+
+    def state_variables(self):
+        """Every variable a checkpoint must hold to resume exactly."""
+        return {"model": self.model.variables, "w_opt": self.w_opt.variables,
+                "a_opt": self.a_opt.variables,
+                "methods": list(self.arch_update.variables) + list(self.perturbation.variables)}
 
     # --- pieces used by components (inside the traced step) --------------------------------
     def _loss(self, x, y, training=True, probs=None, metrics=None):
@@ -136,17 +145,27 @@ class SearchLoop:
         return tf.nn.compute_average_loss(per_example,
                                           global_batch_size=self.config.batch_size)
 
-    def reduced_grads(self, batch, variables, metrics=None, probs=None):
-        """Gradients of the batch loss w.r.t. `variables`, summed over replicas."""
+    def reduced_grads(self, batch, variables, metrics=None, probs=None, training=True):
+        """Gradients of the batch loss w.r.t. `variables` (variables, or tensors such as
+        mixing probabilities), summed over replicas."""
         def replica_fn(x, y):
             with tf.GradientTape() as tape:
-                loss = self._loss(x, y, training=True, probs=probs, metrics=metrics)
+                for v in variables:
+                    if isinstance(v, tf.Tensor):
+                        tape.watch(v)
+                loss = self._loss(x, y, training=training, probs=probs, metrics=metrics)
             grads = tape.gradient(loss, variables)
             # e.g. the reduce alpha of a net too shallow to have a reduction cell
             return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         per_replica = self.strategy.run(replica_fn, args=batch)
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
                 for g in per_replica]
+
+    def reduced_loss(self, batch, probs=None, training=True):
+        """The global mean loss of a batch (no gradients)."""
+        per_replica = self.strategy.run(
+            lambda x, y: self._loss(x, y, training=training, probs=probs), args=batch)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def apply_alpha_grads(self, grads):
         wd = self.config.arch_weight_decay
@@ -199,13 +218,15 @@ class SearchLoop:
             self._eval_fn(batch, training=bool(batch_stats))
         return float(self.metrics["valid_loss"].result()), float(self.metrics["valid_acc"].result())
 
-    def train_epoch(self, epoch, lr, data_epoch=None):
+    def train_epoch(self, epoch, lr, data_epoch=None, tuning=False):
         """One pass of alternating steps at learning rate `lr`; returns the epoch's metrics.
 
         `data_epoch` seeds the batch order (default `epoch`); selection tuning passes its own
-        counter so its batches differ from the search's.
+        counter so its batches differ from the search's, and `tuning=True` (perturbations
+        use their tuning strength).
         """
         self.w_opt.learning_rate.assign(lr)
+        self.perturbation.begin_epoch(self, epoch, tuning)
         for m in self.metrics.values():
             m.reset_state()
         train, valid = self._datasets(epoch if data_epoch is None else data_epoch)
@@ -247,8 +268,12 @@ class SearchLoop:
         for epoch in range(start, c.epochs):
             t0 = time.time()
             record = self.train_epoch(epoch, cosine_lr(epoch, c.epochs, c.lr, c.lr_min))
+            self.arch_update.end_epoch(self, epoch)
             if (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1:
                 record["valid_loss"], record["valid_acc"] = self.evaluate()
+            if self.benchmark is not None:
+                record.update(self.benchmark.query_genotype(self.current_genotype(),
+                                                            prefix="bench_"))
             record["seconds"] = time.time() - t0
             epochs_done += 1
             eta = (time.time() - t_run) / epochs_done * (c.epochs - epoch - 1)
@@ -258,12 +283,17 @@ class SearchLoop:
                     self.checkpointer.save(epoch, {"epoch": epoch})
             self.log(self._line(record, eta))
         soft = self.model.softmax_numpy()
-        genotype = magnitude_genotype(self.space, soft, meta={
-            "method": c.arch_update, "seed": c.seed, "run": os.path.abspath(self.workdir),
-            "alphas_digest": alphas_digest(soft)})
+        genotype = self.current_genotype(meta={
+            "method": c.arch_update, "perturbation": c.perturbation, "seed": c.seed,
+            "run": os.path.abspath(self.workdir), "alphas_digest": alphas_digest(soft)})
         if self.is_chief:
             genotype.save(os.path.join(self.workdir, "genotype_magnitude.json"))
         return genotype
+
+    def current_genotype(self, meta=None):
+        """The magnitude genotype of the supernet's mixing weights (decided edges one-hot,
+        removed edges absent: SGAS's decisions count)."""
+        return magnitude_genotype(self.space, self.model.arch_weights_numpy(), meta=meta)
 
     # --- files ---------------------------------------------------------------------------
     def _line(self, r, eta):
@@ -271,6 +301,10 @@ class SearchLoop:
                  f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}"]
         if "valid_acc" in r:
             parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
+        bench = [f"{k[6:]} {v:.2f}" for k, v in r.items() if k.startswith("bench_") and
+                 k.endswith("test") and isinstance(v, float)]
+        if bench:
+            parts.append("benchmark " + ", ".join(bench))
         parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {fmt_time(eta)}")
         return " | ".join(parts)
 
@@ -289,7 +323,7 @@ class SearchLoop:
 
     def _truncate_logs(self, start):
         """Drops log lines of epochs after the checkpoint we resume from."""
-        for name in ("metrics.jsonl", "alphas.jsonl"):
+        for name in ("metrics.jsonl", "alphas.jsonl", "sgas.jsonl"):
             truncate_jsonl(os.path.join(self.workdir, name), "epoch", start)
 
     def _write_env(self, resumed_from):

@@ -93,10 +93,8 @@ class PerturbationSelector:
         self.events = decision_events(self.space, self.seed)
         self.restored_event, self._writer = -1, None
         self._t_start, self._first = time.time(), 0
-        self.checkpointer = Checkpointer(
-            os.path.join(folder, "checkpoints"),
-            {"model": loop.model.variables, "w_opt": loop.w_opt.variables,
-             "a_opt": loop.a_opt.variables}, keep=2)
+        self.checkpointer = Checkpointer(os.path.join(folder, "checkpoints"),
+                                         loop.state_variables(), keep=2)
         self.scores_path = os.path.join(folder, "scores.jsonl")
 
     # --- scoring ---------------------------------------------------------------------------
@@ -164,7 +162,8 @@ class PerturbationSelector:
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
         epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
         for k in range(epochs):
-            rec = self.loop.train_epoch(i, self.config.tune_lr, data_epoch=10_000 + i * 100 + k)
+            rec = self.loop.train_epoch(i, self.config.tune_lr, data_epoch=10_000 + i * 100 + k,
+                                        tuning=True)
             self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
                      f"acc {rec['train_acc']:.3f}")
             if self._writer is not None:
