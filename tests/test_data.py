@@ -65,5 +65,9 @@ def test_npz_and_folder(tmp_path):
     d = load_dataset(f"folder:{tmp_path / 'imgs'}")
     assert d.input_shape == (5, 7, 3) and d.num_classes == 2
     assert len(d.x_train) == 6 and len(d.x_test) == 6
+    # folders list class by class; the loader shuffles, so the first half holds both classes
+    assert sorted(d.y_train.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert set(d.y_train[:3].tolist()) == {0, 1}
+    assert set(load_dataset(f"folder:{tmp_path / 'imgs'}", limit=3).y_train.tolist()) == {0, 1}
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(f"folder:{tmp_path / 'nope'}")

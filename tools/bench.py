@@ -1,9 +1,11 @@
 """Search-step throughput benchmark (first order, synthetic CIFAR-shaped data).
 
-Runs `SearchLoop`'s own traced step (alpha step + weight step, one device) and its PT scoring
-pass (a masked-op evaluation with BN batch statistics). Prints JSON: per config, train-batch
-images per second, PT scoring images per second (median of timed steps after warm-up),
-seconds from launch to the end of the first step (build + trace + first call) and peak RSS.
+Runs `SearchLoop`'s own traced step (alpha step + weight step, one device), its PT scoring
+pass (a masked-op evaluation with BN batch statistics) and one whole PT op decision (accuracy
+before, with each op of edge 0 masked, after; `--decision_batches` batches each). Prints
+JSON: per config, train-batch images per second, PT scoring images per second (median of
+timed steps after warm-up), the decision's seconds, seconds from launch to the end of the
+first step (build + trace + first call) and peak RSS.
 
     python tools/bench.py                       # all three configs of the issue
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
@@ -27,7 +29,7 @@ PYTORCH_REFERENCE = {"darts_c16_l8_b64": 1.22, "darts_c8_l5_b32": 4.58, "nb201_c
 PYTORCH_PT = {"darts_c16_l8_b64": 12.0, "nb201_c16_n5_b64": 40.4}  # PT scoring pass
 
 
-def run_one(name, steps, warmup):
+def run_one(name, steps, warmup, decision_batches=4):
     """Times SearchLoop's own traced step on a synthetic CIFAR-shaped npz dataset."""
     t_launch = time.time()
     import tempfile
@@ -40,8 +42,9 @@ def run_one(name, steps, warmup):
     b = c["batch"]
     tmp = tempfile.mkdtemp()
     rng = np.random.default_rng(0)
-    np.savez(f"{tmp}/synthetic.npz", x_train=rng.integers(0, 255, (4 * b, 32, 32, 3), np.uint8),
-             y_train=rng.integers(0, 10, 4 * b))
+    n = max(4, 2 * decision_batches) * b  # the alpha split holds `decision_batches` batches
+    np.savez(f"{tmp}/synthetic.npz", x_train=rng.integers(0, 255, (n, 32, 32, 3), np.uint8),
+             y_train=rng.integers(0, 10, n))
     cfg = SearchConfig(dataset=f"npz:{tmp}/synthetic.npz", space=c["space"],
                        channels=c["channels"], layers=c["layers"], batch_size=b,
                        epochs=1).validate()
@@ -70,9 +73,19 @@ def run_one(name, steps, warmup):
             pt_times.append(time.time() - t0)
     arch.reset_op_mask()
     pt = statistics.median(pt_times)
+    decision = None
+    if decision_batches:  # one whole op decision: score before, every op masked, after
+        from tfnas.selection.pt import PerturbationSelector, SelectConfig
+        sel = PerturbationSelector(loop, SelectConfig(score_batches=decision_batches),
+                                   f"{tmp}/selection", log=lambda s: None)
+        t0 = time.time()
+        row = sel.decide_op(loop.space.cell_types[0], 0)
+        decision = {"seconds": time.time() - t0, "batches": decision_batches,
+                    "ops": len(row["scores"]), "evaluations": (len(row["scores"]) + 2)
+                    * decision_batches}
     return {"config": name, "images_per_s": b / med, "median_step_s": med,
             "pt_scoring_images_per_s": b / pt, "pt_scoring_batch_s": pt,
-            "pytorch_pt_images_per_s": PYTORCH_PT.get(name),
+            "pytorch_pt_images_per_s": PYTORCH_PT.get(name), "one_op_decision": decision,
             "first_step_s": first, "peak_rss_gb": resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "pytorch_images_per_s": PYTORCH_REFERENCE[name],
@@ -84,17 +97,20 @@ def main():
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--decision_batches", type=int, default=4,
+                   help="time one whole op decision scored on N batches (0: skip)")
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
-        print(json.dumps(run_one(a._child, a.steps, a.warmup)))
+        print(json.dumps(run_one(a._child, a.steps, a.warmup, a.decision_batches)))
         return
     results = []
     for name in a.configs.split(","):
         if name not in CONFIGS:
             sys.exit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
         out = subprocess.run([sys.executable, __file__, f"--_child={name}",
-                              f"--steps={a.steps}", f"--warmup={a.warmup}"],
+                              f"--steps={a.steps}", f"--warmup={a.warmup}",
+                              f"--decision_batches={a.decision_batches}"],
                              capture_output=True, text=True,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         if out.returncode:

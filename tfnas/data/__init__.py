@@ -177,6 +177,10 @@ def load_folder(spec, data_dir="", download=False):
             raise DataError(f"image folder {root} holds no images")
         parts[sub or "train"] = (_as_images(np.stack(xs), root), _labels(np.array(ys), root))
     xtr, ytr = parts["train"]
+    # Folders list images class by class: shuffle once (fixed seed) so the bilevel split and
+    # --limit_examples see every class.
+    order = np.random.RandomState(0).permutation(len(xtr))
+    xtr, ytr = xtr[order], ytr[order]
     xte, yte = parts.get("test", (xtr[:0], ytr[:0]))
     return ArrayData(os.path.basename(os.path.normpath(path)), xtr, ytr, xte, yte,
                      len(class_names), *_stats(xtr), crop_pad=max(1, xtr.shape[1] // 8),

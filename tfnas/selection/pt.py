@@ -59,6 +59,47 @@ class SelectConfig:
     to_json = lambda self: dataclasses.asdict(self)  # noqa: E731
 
 
+def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=None,
+                  step_base=0):
+    """Fine-tunes a (partly discretised) supernet: alternating alpha/weight epochs at the
+    constant weight lr `lr`, perturbations at their tuning strength. The one tuning routine
+    of `tfnas select` (between decisions) and `tfnas analyze strength` (to convergence).
+
+    Args:
+        data_base: batch-order seed of the first epoch (epoch k uses data_base + k).
+        patience: 0 runs exactly `epochs`; otherwise evaluates after every epoch and stops
+            once validation accuracy has not improved for `patience` epochs (at most
+            `epochs`).
+        writer: optional tf.summary writer for tune/* scalars (step = step_base + epoch).
+    Returns:
+        (records, best validation accuracy or None when patience is 0).
+    """
+    records, best, stale = [], None, 0
+    for k in range(epochs):
+        t0 = time.time()
+        rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True)
+        line = f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} " \
+               f"acc {rec['train_acc']:.3f}"
+        if patience:
+            rec["valid_loss"], rec["valid_acc"] = loop.evaluate()
+            line += f" | valid acc {rec['valid_acc']:.3f}"
+            if best is None or rec["valid_acc"] > best:
+                best, stale = rec["valid_acc"], 0
+            else:
+                stale += 1
+        log(line + f"  {time.time() - t0:.1f}s")
+        records.append(rec)
+        if writer is not None:
+            import tensorflow as tf
+            with writer.as_default(step=step_base + k):
+                for key in ("train_loss", "train_acc", "valid_acc"):
+                    if key in rec:
+                        tf.summary.scalar(f"tune/{key}", rec[key])
+        if patience and stale >= patience:
+            break
+    return records, best
+
+
 def decision_events(space, seed):
     """The reference's schedule: all op decisions (random edge order per cell type), then
     the topology decisions (random node order). Returns [(kind, {cell type: edge|node})]."""
@@ -161,16 +202,8 @@ class PerturbationSelector:
     def tune_after(self, i):
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
         epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
-        for k in range(epochs):
-            rec = self.loop.train_epoch(i, self.config.tune_lr, data_epoch=10_000 + i * 100 + k,
-                                        tuning=True)
-            self.log(f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} "
-                     f"acc {rec['train_acc']:.3f}")
-            if self._writer is not None:
-                import tensorflow as tf
-                with self._writer.as_default(step=i * 1000 + k):
-                    tf.summary.scalar("tune/train_loss", rec["train_loss"])
-                    tf.summary.scalar("tune/train_acc", rec["train_acc"])
+        tune_supernet(self.loop, epochs, self.config.tune_lr, data_base=10_000 + i * 100,
+                      log=self.log, writer=self._writer, step_base=i * 1000)
 
     # --- the schedule ----------------------------------------------------------------------
     def restore(self):
@@ -301,5 +334,8 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     else:
         from tfnas.selection.oracle import select_with_oracle
         genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log), folder)
+    if loop.benchmark is not None:  # the search's --benchmark_table (NAS-Bench-201)
+        genotype.meta["benchmark"] = loop.benchmark.query_genotype(genotype)
+        log("benchmark: " + ", ".join(f"{k} {v}" for k, v in genotype.meta["benchmark"].items()))
     genotype.save(os.path.join(workdir, "genotype.json"))
     return genotype
