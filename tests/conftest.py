@@ -24,3 +24,15 @@ def tiny_space_file(tmp_path):
     path.write_text(json.dumps({"name": "tiny", "family": "darts", "steps": 2,
                                 "ops": ["max_pool_3x3", "sep_conv_3x3"]}))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """A finished tiny search (digits, 2 epochs of 4 steps): copy it before changing it."""
+    from helpers import tiny_config
+    from tfnas.search import run_search
+    tmp = tmp_path_factory.mktemp("searched")
+    cfg = tiny_config(str(tmp), epochs=2, steps_per_epoch=4, channels=4)
+    wd = str(tmp / "run")
+    run_search(cfg, wd, log=lambda s: None)
+    return wd

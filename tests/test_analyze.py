@@ -7,20 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import tiny_config
 from tfnas import analyze
 from tfnas.cli import main
 from tfnas.io import read_jsonl
-from tfnas.search import run_search
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("an")
-    cfg = tiny_config(str(tmp), epochs=2, steps_per_epoch=4)
-    wd = str(tmp / "run")
-    run_search(cfg, wd, log=lambda s: None)
-    return wd
 
 
 def test_kendall_tau_by_hand():

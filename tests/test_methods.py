@@ -130,6 +130,25 @@ def test_sgas_decides_on_schedule_in_score_order_and_never_revisits(tmp_path):
             for j in r["pruned_inputs"]:
                 assert (r["node"], j) not in kept
 
+    # selection after SGAS keeps its decisions: magnitude = genotype_magnitude.json, and PT
+    # leaves the decided edges alone
+    from tfnas.genotype import Genotype
+    from tfnas.selection.pt import SelectConfig, run_select
+    mag = run_select(wd, SelectConfig(selector="magnitude"), log=lambda s: None)
+    assert mag.to_json()["cells"] == Genotype.load(
+        os.path.join(wd, "genotype_magnitude.json")).to_json()["cells"]
+    pt = run_select(wd, SelectConfig(selector="pt", tune_epochs_per_decision=0,
+                                     score_batches=1), overwrite=True, log=lambda s: None)
+    pt_kept = {(e.node, e.input): e.op for e in pt.cells["normal"]["edges"]}
+    for r in rows:
+        if r["cell"] == "normal":
+            assert pt_kept[(r["node"], r["input"])] == r["op"]
+    decided = {r["edge"] for r in rows if r["cell"] == "normal"}
+    for r in read_jsonl(os.path.join(wd, "selection", "scores.jsonl")):
+        if r["kind"] == "op" and r["cell"] == "normal":
+            assert r.get("decided_before", False) == (r["edge"] in decided or
+                                                      r["choice"] is None)
+
     # SGAS+PT: same edge order rule, the op by the PT criterion
     cfg = tiny_config(str(tmp_path / "pt"), arch_update="sgas", sgas_op="pt", epochs=1,
                       steps_per_epoch=2, sgas_warmup=0, sgas_pt_batches=2)

@@ -10,18 +10,8 @@ from helpers import tiny_config
 from tfnas.cli import main
 from tfnas.genotype import Genotype
 from tfnas.io import read_jsonl
-from tfnas.search import run_search
 from tfnas.selection.pt import SelectConfig, decision_events, run_select
 from tfnas.spaces import get_space
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pt")
-    cfg = tiny_config(str(tmp), epochs=2, steps_per_epoch=4, channels=4)
-    wd = str(tmp / "run")
-    run_search(cfg, wd, log=lambda s: None)
-    return wd
 
 
 def test_schedule_matches_the_reference():

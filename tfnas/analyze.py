@@ -472,7 +472,7 @@ def run_skip_gap(workdir, cell_type="", other="", log=print):
     ax2.plot([e + 1 for e, a in zip(epochs, acc) if a is not None],
              [a for a in acc if a is not None], "s--", color="#dd8452", ms=3)
     ax2.set_ylabel("supernet valid accuracy", color="#dd8452")
-    ax.set_title(f"skip gap vs accuracy ({cell_type} cells), Pearson r = "
+    ax.set_title(f"skip gap vs accuracy (cell type {cell_type!r}), Pearson r = "
                  f"{result['pearson_gap_acc']:.2f}", fontsize=9)
     _save_png(fig, os.path.join(folder, "skip_gap.png"))
     plt.close(fig)

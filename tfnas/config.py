@@ -75,7 +75,7 @@ class SearchConfig:
     epsilon: float = _f(0.3, "SDARTS: final perturbation radius (grows from 0.03; constant "
                              "during PT tuning)")
     sgas_criterion: int = _f(1, "SGAS edge criterion 1 (importance x certainty) or 2 (x "
-                                "stability)", )
+                                "stability)")
     sgas_warmup: int = _f(9, "SGAS: epochs before the first edge decision")
     sgas_freq: int = _f(5, "SGAS: epochs between edge decisions")
     sgas_op: str = _f("magnitude", "SGAS: op of a chosen edge by alpha (SGAS) or by the PT "

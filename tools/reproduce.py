@@ -116,6 +116,7 @@ def run_stage(args, log_path):
         tail = []
         for line in proc.stdout:
             log.write(line)
+            log.flush()
             tail = (tail + [line])[-5:]
             if line.startswith(("epoch ", "decision ", "SGAS ", "benchmark", "tfnas: error")):
                 print("   " + line.rstrip(), flush=True)
@@ -262,6 +263,8 @@ def main(argv=None):
     p.add_argument("--download", action="store_true", help="let tfds download the data")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     opts = p.parse_args(argv)
+    from tfnas.cli import _quiet_tensorflow_import
+    _quiet_tensorflow_import()  # tfnas imports TensorFlow; keep its banner out of the log
     try:
         if opts.list or not opts.experiment:
             by_exp = {}

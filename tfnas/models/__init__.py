@@ -10,7 +10,6 @@ in (the freeze-equivalence test).
 """
 
 import keras
-import tensorflow as tf
 
 from tfnas.errors import GenotypeError, UsageError
 from tfnas.genotype import Genotype

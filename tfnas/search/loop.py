@@ -302,7 +302,7 @@ class SearchLoop:
         if "valid_acc" in r:
             parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
         bench = [f"{k[6:]} {v:.2f}" for k, v in r.items() if k.startswith("bench_") and
-                 k.endswith("test") and isinstance(v, float)]
+                 "_test" in k and isinstance(v, float)]
         if bench:
             parts.append("benchmark " + ", ".join(bench))
         parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {fmt_time(eta)}")

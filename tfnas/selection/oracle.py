@@ -197,7 +197,9 @@ class PTTuner(kt.Tuner):
                 hp = next(h for h in self.oracle.hyperparameters.space if h.name == label)
                 choice = row["choice"] if row["kind"] == "op" else \
                     ",".join(str(v) for v in sorted(row["kept_inputs"]))
-                metrics[f"choice/{label}"] = float(hp.values.index(choice))
+                # an edge removed during the search (SGAS) is in no genotype: any value
+                metrics[f"choice/{label}"] = float(hp.values.index(choice)) \
+                    if choice in hp.values else 0.0
         metrics[OBJECTIVE] = self.selector.score()[1]
         return metrics
 

@@ -159,6 +159,16 @@ class PerturbationSelector:
                       if not (op == "none" and self.space.family == "darts")]
         before = self.score()
         scores, best, choice = {}, None, None
+        node, inp = self.space.cells[ctype].edges[edge]
+        if arch.is_fixed.numpy()[edge] > 0.5 or arch.edge_mask.numpy()[edge] < 0.5:
+            # decided or removed before selection (e.g. by SGAS during the search): kept as is
+            kept = int(np.argmax(arch.fixed_w.numpy()[edge])) \
+                if arch.is_fixed.numpy()[edge] > 0.5 else None
+            return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
+                    "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": {},
+                    "acc_before": before[1], "acc_after": before[1],
+                    "choice": ops[kept] if kept is not None else None,
+                    "decided_before": True}
         if self.config.selector == "pt_mag":
             choice = max(candidates, key=lambda k: alphas[k])
         else:
@@ -171,7 +181,6 @@ class PerturbationSelector:
                 if self._better(s, best):  # strict: ties keep the earlier op
                     best, choice = s, k
         arch.fix_edge(edge, choice)
-        node, inp = self.space.cells[ctype].edges[edge]
         return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
                 "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": scores,
                 "acc_before": before[1], "acc_after": self.score()[1], "choice": ops[choice]}
@@ -179,7 +188,7 @@ class PerturbationSelector:
     def decide_topology(self, ctype, node):
         arch = self.loop.model.arch(ctype)
         cspace = self.space.cells[ctype]
-        eids = list(cspace.node_edges(node))
+        eids = [e for e in cspace.node_edges(node) if arch.edge_mask.numpy()[e] > 0.5]
         before = self.score()
         rounds = []
         while len(eids) > 2:
@@ -272,6 +281,9 @@ class PerturbationSelector:
 
     def _describe(self, i, row):
         head = f"decision {i + 1}/{len(self.events)} {row['cell']}"
+        if row.get("decided_before"):
+            return (f"{head} edge {row['input']}->{row['node']}: "
+                    f"{row['choice'] or 'removed'} (decided during the search)")
         if row["kind"] == "op":
             scores = ", ".join(f"{op} {s['acc']:.3f}" for op, s in row["scores"].items())
             return (f"{head} edge {row['input']}->{row['node']}: {row['choice']}"
@@ -329,8 +341,8 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(sel_cfg, config.to_json())
     if config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
-        genotype = magnitude_genotype(loop.space, loop.model.softmax_numpy(), meta={
-            "selector": "magnitude", "run": os.path.abspath(workdir)})
+        # the mixing weights: decisions made during the search (SGAS) count
+        genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
     else:
         from tfnas.selection.oracle import select_with_oracle
         genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log), folder)
