@@ -56,3 +56,19 @@ def test_configs_parse_and_validate():
         assert first.startswith("#"), f"{name} must start with a comment saying what it does"
         args = build_parser().parse_args(["search", f"--flagfile={path}", "--workdir=x"])
         _config_from_args(args, SearchConfig).validate()
+
+
+def test_experiment_flagfile_serves_both_stages_but_explicit_flags_are_checked(tmp_path,
+                                                                             capsys):
+    from tfnas.cli import expand_flagfiles
+    cfg = tmp_path / "exp.cfg"
+    cfg.write_text("# both stages\n--epochs=3\n--seed=5\n--selector=pt_mag\n"
+                   "--tune_epochs_per_decision=2\n")
+    assert expand_flagfiles(["search", f"--flagfile={cfg}"]) == \
+        ["search", "--epochs=3", "--seed=5"]
+    # select ignores the search's flags, --seed included (the search's seed drives the order)
+    assert expand_flagfiles(["select", f"--flagfile={cfg}", "--workdir=w"]) == \
+        ["select", "--selector=pt_mag", "--tune_epochs_per_decision=2", "--workdir=w"]
+    # typed on the command line, a flag of the other stage is an error
+    assert main(["search", f"--workdir={tmp_path / 'r'}", "--selector=pt"]) == 2
+    assert "unrecognized arguments: --selector=pt" in capsys.readouterr().err
