@@ -199,8 +199,9 @@ def summarize_strength(workdir, targets, space):
         alpha = [mine[o]["alpha"] for o in ops]
         pt = [-mine[o]["pt_acc_without"] for o in ops]  # higher = more important
         conv = [mine[o]["acc_converged"] for o in ops]
+        node, inp = space.cells[ctype].edges[e]
         edges.append({
-            "cell": ctype, "edge": e, "ops": ops, "alpha": alpha,
+            "cell": ctype, "edge": e, "node": node, "input": inp, "ops": ops, "alpha": alpha,
             "pt_importance": pt, "acc_converged": conv,
             "tau_alpha_strength": kendall_tau(alpha, conv),
             "tau_pt_strength": kendall_tau(pt, conv),
@@ -219,7 +220,8 @@ def summarize_strength(workdir, targets, space):
 def _plot_strength(edges, path):
     plt = _plt()
     n = max(len(edges), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.6)
     for ax, ed in zip(axes[0], edges):
         x = np.arange(len(ed["ops"]))
         ax.bar(x - 0.2, ed["alpha"], 0.4, color="#4c72b0", label="softmax(alpha)")
@@ -229,10 +231,10 @@ def _plot_strength(edges, path):
                 label="accuracy at convergence")
         lo = min(ed["acc_converged"] or [0])
         ax2.set_ylim(max(0.0, lo - 0.05), min(1.0, max(ed["acc_converged"] or [1]) + 0.02))
-        ax2.set_ylabel("valid acc after discretising + tuning", color="#dd8452")
+        ax2.set_ylabel("accuracy at convergence", color="#dd8452")
         ax.set_xticks(x)
         ax.set_xticklabels(ed["ops"], rotation=35, ha="right", fontsize=7)
-        ax.set_title(f"{ed['cell']} edge {ed['edge']}: tau(alpha, strength) "
+        ax.set_title(f"{ed['cell']} edge {ed['input']}->{ed['node']}: tau(alpha, strength) "
                      f"{ed['tau_alpha_strength']:.2f}", fontsize=8)
     fig.suptitle("operation strength: alpha (blue) vs discretisation accuracy at "
                  "convergence (orange)", fontsize=9)
