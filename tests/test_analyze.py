@@ -102,6 +102,7 @@ def test_shuffle_swaps_edge_weights_and_restores_them(searched, tmp_path, monkey
                 np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_shuffle_cli_with_baselines(searched, tmp_path):
     wd = str(tmp_path / "sh")
     shutil.copytree(searched, wd)

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from helpers import write_tiny_space
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,6 +20,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_mirrored_two_replicas_match_one_device():
     out = subprocess.run([sys.executable, os.path.join(HERE, "dist_check.py"), HERE],
                          capture_output=True, text=True, timeout=600, env=_env())
@@ -38,6 +41,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes(tmp_path):
     space = write_tiny_space(str(tmp_path))
     ports = _free_ports(2)

@@ -119,6 +119,7 @@ class _StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_train_smoke_on_digits_interrupted_and_resumed(tmp_path):
     cfg = TrainConfig(dataset="digits", channels=8, layers=5, epochs=4, batch_size=64,
                       cutout_length=4, drop_path=0.1, seed=1)

@@ -139,6 +139,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(tmp_path):
     cfg = tiny_config(str(tmp_path), epochs=1)
     g1 = run_search(cfg, str(tmp_path / "a"), log=lambda s: None)
@@ -186,6 +187,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
     assert open(path, "rb").read() == b"garbage"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_in_a_new_process():
     import subprocess
     import sys

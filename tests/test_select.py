@@ -23,6 +23,7 @@ def test_schedule_matches_the_reference():
     assert len(decision_events(get_space("nb201"), seed=0)) == 6
 
 
+@pytest.mark.slow
 def test_pt_selects_by_the_recorded_scores_and_resumes(searched):
     import shutil
     wd = searched + "_copy"
