@@ -13,9 +13,12 @@ so a perturbation never touches a decided edge. Methods are entries here, not fo
 """
 
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
+
+from tfnas.io import append_jsonl, read_jsonl
 
 from tfnas.registry import Registry
 
@@ -151,9 +154,6 @@ class SGAS(FirstOrder):
         self.selector = None
 
     def _load_history(self, loop, epoch):
-        import os
-
-        from tfnas.io import read_jsonl
         rows = read_jsonl(os.path.join(loop.workdir, "alphas.jsonl"))
         return [r["softmax"] for r in rows if r["epoch"] < epoch]
 
@@ -170,17 +170,13 @@ class SGAS(FirstOrder):
                     loop.log(f"SGAS epoch {epoch + 1}: {ctype} edge {row['input']}->"
                              f"{row['node']} = {row['op']}")
                     if loop.is_chief:
-                        import os
-
-                        from tfnas.io import append_jsonl
                         append_jsonl(os.path.join(loop.workdir, "sgas.jsonl"), row)
         self.history.append({t: np.asarray(v).tolist() for t, v in soft.items()})
 
     def decide(self, loop, ctype, soft, epoch):
         space, arch = loop.space, loop.model.arch(ctype)
         cspace = space.cells[ctype]
-        fixed = arch.is_fixed.numpy() > 0.5
-        live = arch.edge_mask.numpy() > 0.5
+        fixed, live = arch.decided(), arch.live()
         cand = [e for e in range(cspace.num_edges) if live[e] and not fixed[e]]
         if not cand:
             return None
@@ -197,11 +193,12 @@ class SGAS(FirstOrder):
             arch.fix_edge(edge, k)
             op, pt_scores = ops[k], {}
         node, inp = cspace.edges[edge]
-        node_fixed = [e for e in cspace.node_edges(node) if arch.is_fixed.numpy()[e] > 0.5]
+        fixed, live = arch.decided(), arch.live()
+        node_fixed = [e for e in cspace.node_edges(node) if fixed[e]]
         pruned = []
         if len(node_fixed) >= 2:  # SGAS's check_edges: the node has its two inputs
             for e in cspace.node_edges(node):
-                if e not in node_fixed and arch.edge_mask.numpy()[e] > 0.5:
+                if e not in node_fixed and live[e]:
                     arch.remove_edge(e)
                     pruned.append(cspace.edges[e][1])
         return {"epoch": epoch, "cell": ctype, "edge": edge, "node": node, "input": inp,
@@ -211,8 +208,6 @@ class SGAS(FirstOrder):
 
     def _pt_selector(self, loop):
         if self.selector is None:
-            import os
-
             from tfnas.selection.pt import PerturbationSelector, SelectConfig
             cfg = SelectConfig(selector="pt", score_batches=loop.config.sgas_pt_batches)
             self.selector = PerturbationSelector(loop, cfg, os.path.join(loop.workdir, "sgas"),

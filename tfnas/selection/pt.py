@@ -160,10 +160,10 @@ class PerturbationSelector:
         before = self.score()
         scores, best, choice = {}, None, None
         node, inp = self.space.cells[ctype].edges[edge]
-        if arch.is_fixed.numpy()[edge] > 0.5 or arch.edge_mask.numpy()[edge] < 0.5:
+        decided, live = arch.decided()[edge], arch.live()[edge]
+        if decided or not live:
             # decided or removed before selection (e.g. by SGAS during the search): kept as is
-            kept = int(np.argmax(arch.fixed_w.numpy()[edge])) \
-                if arch.is_fixed.numpy()[edge] > 0.5 else None
+            kept = int(np.argmax(arch.fixed_w.numpy()[edge])) if decided else None
             return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
                     "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": {},
                     "acc_before": before[1], "acc_after": before[1],
@@ -188,7 +188,8 @@ class PerturbationSelector:
     def decide_topology(self, ctype, node):
         arch = self.loop.model.arch(ctype)
         cspace = self.space.cells[ctype]
-        eids = [e for e in cspace.node_edges(node) if arch.edge_mask.numpy()[e] > 0.5]
+        live = arch.live()
+        eids = [e for e in cspace.node_edges(node) if live[e]]
         before = self.score()
         rounds = []
         while len(eids) > 2:

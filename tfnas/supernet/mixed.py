@@ -80,6 +80,14 @@ class ArchParameters(keras.layers.Layer):
     def reset_op_mask(self):
         self.op_mask.assign(self._valid)
 
+    def decided(self):
+        """[edges] bool: edges fixed to one op."""
+        return self.is_fixed.numpy() > 0.5
+
+    def live(self):
+        """[edges] bool: edges not removed."""
+        return self.edge_mask.numpy() > 0.5
+
     def remove_edge(self, edge, removed=True):
         self.edge_mask[edge].assign(0.0 if removed else 1.0)
 
