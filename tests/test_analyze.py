@@ -46,7 +46,6 @@ def test_strength_one_edge_resumes_without_redoing_finished_ops(searched, tmp_pa
     assert edge["ops"] == ["max_pool_3x3", "sep_conv_3x3"]
     for r in rows:
         assert 0.0 <= r["acc_converged"] <= 1.0 and 1 <= r["epochs"] <= 2
-        assert r["acc_converged"] >= r["acc_discretized"]
     a, c = [r["alpha"] for r in rows], [r["acc_converged"] for r in rows]
     hand = np.sign(a[0] - a[1]) * np.sign(c[0] - c[1])  # two ops: +1, -1 (or nan on a tie)
     tau = edge["tau_alpha_strength"]

@@ -164,15 +164,18 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
         arch.mask_op(e, k)
         pt_acc = loop.evaluate(score_batches, batch_stats=True)[1]
         loop.checkpointer.restore(search_state)  # scoring with batch stats moved BN stats
+        loop.reset_weight_optimizer()  # fresh SGD for the tuning, as `tfnas select`
         arch.fix_edge(e, k)
-        disc_acc = loop.evaluate()[1]
+        # every accuracy of a row is measured the same way as the PT score beside it
+        disc_acc = loop.evaluate(score_batches, batch_stats=True)[1]
         records, best = tune_supernet(loop, max_epochs, lr, data_base=20_000, log=log,
-                                      patience=max(patience, 1))
+                                      patience=max(patience, 1),
+                                      eval_kw={"batches": score_batches, "batch_stats": True})
         row = {"cell": ctype, "edge": e, "node": space.cells[ctype].edges[e][0],
                "input": space.cells[ctype].edges[e][1], "op": op, "alpha": alpha,
                "pt_acc_without": pt_acc, "supernet_acc": baseline[(ctype, e)],
                "acc_discretized": disc_acc,
-               "acc_converged": disc_acc if best is None else max(best, disc_acc),
+               "acc_converged": disc_acc if best is None else best,  # None: 0 epochs
                "epochs": len(records), "settings": settings}
         append_jsonl(path, row)
         finished += 1
@@ -276,15 +279,15 @@ def shuffle_supernet(loop, trials=5, seed=0, log=print):
     model, space = loop.model, loop.space
     if not len(loop.data.x_test):
         raise WorkdirError("shuffle needs a test split; the dataset has none")
-    cells = getattr(model, "cells", None)
+    search_cells = model.search_cells()  # DARTS cells or NB201's cells across stages
+    cells = [cell for cell, _, _ in search_cells]
     rng = np.random.RandomState(seed)
     before = _test_accuracy(model, loop.data)
     after, swaps = [], []
     for t in range(trials):
         trial_swaps = []
-        for i, cell in enumerate(cells):
-            ctype = model.cell_types[i] if hasattr(model, "cell_types") else "cell"
-            pairs = compatible_pairs(space, ctype, getattr(cell, "reduction", False))
+        for i, (cell, ctype, reduction) in enumerate(search_cells):
+            pairs = compatible_pairs(space, ctype, reduction)
             if not pairs:
                 continue
             a, b = pairs[rng.randint(len(pairs))]

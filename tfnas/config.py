@@ -160,9 +160,11 @@ class TrainConfig:
     lr_schedule: str = _f("cosine", "cosine (to 0) or step (x0.97 per epoch, ImageNet)",
                           ("cosine", "step"))
     momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(3e-4, "weight decay (Keras's decoupled form)")
+    weight_decay: float = _f(3e-4, "coupled L2 weight decay, added to the gradient after "
+                                       "the global clip (PyTorch SGD's weight_decay)")
     grad_clip: float = _f(5.0, "global-norm gradient clip (0: off)")
-    cutout: bool = _f(True, "cutout augmentation")
+    cutout: bool = _f(True, "cutout augmentation (cifar form; the imagenet form uses "
+                           "RandomResizedCrop, flip and ColorJitter)")
     cutout_length: int = _f(16, "cutout square side")
     auxiliary: bool = _f(True, "auxiliary head after cell 2*layers//3")
     auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")

@@ -7,6 +7,8 @@ import os
 from tfnas.errors import WorkdirError
 from tfnas.io import atomic_write_json
 
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 
 def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto",
               extra_callbacks=()):
@@ -21,6 +23,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     import tensorflow as tf
     from tfnas.data import Pipeline, load_dataset
     from tfnas.models import build_model, set_drop_path
+    from tfnas.optimizers import EpochCosine, ReferenceSGD
 
     config.validate()
     out = os.path.join(workdir, "train")
@@ -36,7 +39,11 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples)
-    pipe = Pipeline(data, config.batch_size, config.seed, config.cutout, config.cutout_length)
+    style = "imagenet" if config.form == "imagenet" else "cifar"
+    if style == "imagenet":  # the reference's fixed ImageNet normalisation
+        data.mean, data.std = IMAGENET_STATS
+    pipe = Pipeline(data, config.batch_size, config.seed, config.cutout and style == "cifar",
+                    config.cutout_length, style=style)
     steps = max(1, len(data.x_train) // config.batch_size)
     n_cls = data.num_classes
 
@@ -50,7 +57,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     if len(data.x_test):
         val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets)
     if config.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * steps)
+        lr = EpochCosine(config.lr, config.epochs, steps)
     else:
         lr = keras.optimizers.schedules.ExponentialDecay(config.lr, steps, 0.97, staircase=True)
     with strategy.scope():
@@ -59,9 +66,9 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
                             form=config.form)
         loss = keras.losses.CategoricalCrossentropy(from_logits=True,
                                                     label_smoothing=config.label_smoothing)
-        opt = keras.optimizers.SGD(lr, momentum=config.momentum,
-                                   weight_decay=config.weight_decay or None,
-                                   global_clipnorm=config.grad_clip or None)
+        # The reference's step: global clip of the summed gradient, coupled L2, torch momentum.
+        opt = ReferenceSGD(lr, momentum=config.momentum, l2=config.weight_decay,
+                           clip_global_norm=config.grad_clip)
         if config.auxiliary:
             model.compile(opt, loss={"logits": loss, "aux_logits": loss},
                           loss_weights={"logits": 1.0, "aux_logits": config.auxiliary_weight},

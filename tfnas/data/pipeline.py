@@ -1,4 +1,11 @@
-"""tf.data pipelines: normalisation, pad-and-crop, flips and cutout with stateless seeds."""
+"""tf.data pipelines with stateless seeds.
+
+Two augmentation styles (REFERENCE 3 and 5):
+- "cifar": pad-and-random-crop, horizontal flip, normalisation, cutout.
+- "imagenet": RandomResizedCrop (area 0.08-1, aspect 3/4-4/3), horizontal flip,
+  ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.2), normalisation; evaluation
+  resizes to 256/224 of the input size and takes the central crop (Resize 256, CenterCrop 224).
+"""
 
 import numpy as np
 import tensorflow as tf
@@ -20,16 +27,24 @@ class Pipeline:
         seed: base seed; epoch e shuffles and augments with seeds derived from (seed, e).
     """
 
-    def __init__(self, data, batch_size, seed, cutout=False, cutout_length=16):
+    STYLES = ("cifar", "imagenet")
+
+    def __init__(self, data, batch_size, seed, cutout=False, cutout_length=16, style="cifar"):
+        if style not in self.STYLES:
+            raise ValueError(f"augmentation style {style!r} is unknown; expected one of "
+                             f"{', '.join(self.STYLES)}")
         self.data, self.batch_size, self.seed = data, int(batch_size), int(seed)
         self.mean = tf.constant(data.mean, tf.float32)
         self.std = tf.constant(data.std, tf.float32)
         self.cutout, self.cutout_length = cutout, int(cutout_length)
+        self.style = style
 
     def normalize(self, x):
         return (tf.cast(x, tf.float32) / 255.0 - self.mean) / self.std
 
     def _augment(self, seed, x, cutout_prob):
+        if self.style == "imagenet":
+            return self._augment_imagenet(seed, x)
         h, w = self.data.input_shape[:2]
         p = self.data.crop_pad
         if p:
@@ -48,6 +63,25 @@ class Pipeline:
             keep = tf.logical_or(tf.logical_not(hole), u[2] >= cutout_prob)
             x = x * tf.cast(keep, x.dtype)[:, :, None]
         return x
+
+    def _augment_imagenet(self, seed, x):
+        h, w, c = self.data.input_shape
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(x), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+            max_attempts=10, use_image_if_no_bounding_boxes=True)
+        x = tf.image.resize(tf.slice(x, begin, size), (h, w), method="bilinear")
+        x = tf.image.stateless_random_flip_left_right(x, seed=seed + 1)
+        x = color_jitter(x / 255.0, seed + 2) if c == 3 else x / 255.0
+        return (x - self.mean) / self.std
+
+    def _center(self, x):
+        """Resize 256/224 of the input size, central crop (ImageNet evaluation)."""
+        h, w = self.data.input_shape[:2]
+        rh, rw = int(round(h * 256 / 224)), int(round(w * 256 / 224))
+        x = tf.image.resize(tf.cast(x, tf.float32), (rh, rw), method="bilinear")
+        x = x[(rh - h) // 2:(rh - h) // 2 + h, (rw - w) // 2:(rw - w) // 2 + w]
+        return (x / 255.0 - self.mean) / self.std
 
     def train(self, indices, epoch, augment=True, cutout_prob=0.0, repeat=False,
               drop_remainder=True):
@@ -73,5 +107,20 @@ class Pipeline:
     def evaluation(self, x, y, batch_size=None):
         """Normalised, unaugmented batches in order (the last batch may be smaller)."""
         ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.map(lambda a, b: (self.normalize(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        prep = self._center if self.style == "imagenet" else self.normalize
+        ds = ds.map(lambda a, b: (prep(a), b), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size or self.batch_size).prefetch(2)
+
+
+def color_jitter(x, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2):
+    """torchvision's ColorJitter on an RGB image in [0, 1] (fixed order: brightness, contrast,
+    saturation, hue; torchvision shuffles the order per image). Factors are uniform in
+    [1 - s, 1 + s]; contrast blends with the mean grey level, saturation with the greyscale
+    image; hue shifts by a uniform fraction of the colour circle in [-hue, hue]."""
+    u = tf.random.stateless_uniform((4,), seed=seed) * 2.0 - 1.0
+    x = tf.clip_by_value(x * (1.0 + brightness * u[0]), 0.0, 1.0)
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(x))
+    x = tf.clip_by_value((x - mean) * (1.0 + contrast * u[1]) + mean, 0.0, 1.0)
+    grey = tf.image.rgb_to_grayscale(x)
+    x = tf.clip_by_value((x - grey) * (1.0 + saturation * u[2]) + grey, 0.0, 1.0)
+    return tf.image.adjust_hue(x, hue * u[3])

@@ -31,7 +31,9 @@ def build_model(genotype, num_classes, input_shape, channels=36, layers=20, auxi
         channels: C of the first cell (stage for NB201).
         layers: number of cells (cells per stage for NB201).
         auxiliary: add the auxiliary head after cell 2*layers//3 (second output).
-        drop_path: maximum drop-path rate (ramped by `tfnas.train`'s callback).
+        drop_path: the final drop-path rate of every cell: one rate for all cells, ramped
+            linearly over the epochs by `tfnas.train` (the reference's `drop_path_prob *
+            epoch / epochs`; no per-depth scaling).
         form: "cifar", "imagenet" or "nb201"; default from the genotype's space family.
         search_mode: affine-free BN and pooling BN as in the supernet.
     Returns:
@@ -74,11 +76,11 @@ def _darts(genotype, x, channels, layers, num_classes, auxiliary, drop_path, for
         s0, s1 = s1, DiscreteCell(
             [[e.node, e.input, e.op] for e in cell["edges"]], list(cell["concat"]), c, red,
             red_prev, affine=affine, pool_bn=search_mode,
-            drop_path=drop_path * i / max(layers, 1) if drop_path else 0.0,
+            drop_path=drop_path,
             name=f"cell_{i}")([s0, s1])
         red_prev = red
         if auxiliary and i == 2 * layers // 3:
-            aux = AuxiliaryHead(num_classes, name="aux_head")(s1)
+            aux = AuxiliaryHead(num_classes, imagenet=form == "imagenet", name="aux_head")(s1)
     pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(s1)
     logits = keras.layers.Dense(num_classes, name="classifier")(pooled)
     if aux is not None:

@@ -119,20 +119,26 @@ class NB201Cell(keras.layers.Layer):
 
 @serializable
 class AuxiliaryHead(keras.layers.Layer):
-    """DARTS's auxiliary classifier: ReLU, 5x5/3 avg-pool (smaller inputs: global), 1x1 conv
-    128, BN, ReLU, 2x2 conv 768 (1x1 below 2x2), BN, ReLU, dense."""
+    """DARTS's auxiliary classifiers (REFERENCE 5).
 
-    def __init__(self, num_classes, **kwargs):
+    CIFAR (`imagenet=False`, for 8x8 inputs): ReLU, 5x5 avg-pool stride 3 (smaller inputs:
+    global), 1x1 conv 128, BN, ReLU, 2x2 conv 768 (1x1 below 2x2), BN, ReLU, dense.
+    ImageNet (`imagenet=True`, for 14x14 inputs): the same with pool stride 2 and no BN after
+    the 768-channel conv (DARTS's `AuxiliaryHeadImageNet` leaves it out).
+    """
+
+    def __init__(self, num_classes, imagenet=False, **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = int(num_classes)
+        self.num_classes, self.imagenet = int(num_classes), bool(imagenet)
+        self.stride = 2 if self.imagenet else 3
         self.bn1 = BatchNorm(name="bn1")
-        self.bn2 = BatchNorm(name="bn2")
+        self.bn2 = None if self.imagenet else BatchNorm(name="bn2")
         self.fc = keras.layers.Dense(self.num_classes, name="fc")
 
     def build(self, input_shape):
         h = input_shape[1]
         self.pool = 5 if h is not None and h >= 5 else None
-        out = (h - 5) // 3 + 1 if self.pool else 1
+        out = (h - 5) // self.stride + 1 if self.pool else 1
         self.k2 = 2 if out >= 2 else 1
         self.w1 = self.add_weight(shape=(1, 1, int(input_shape[-1]), 128), name="conv1",
                                   initializer=torch_init())
@@ -140,23 +146,27 @@ class AuxiliaryHead(keras.layers.Layer):
                                   initializer=torch_init())
         self.bn1.build((None, out, out, 128))
         o2 = out - self.k2 + 1
-        self.bn2.build((None, o2, o2, 768))
+        if self.bn2 is not None:
+            self.bn2.build((None, o2, o2, 768))
         self.fc.build((None, 768))
 
     def call(self, x, training=False):
         x = tf.nn.relu(x)
-        x = tf.nn.avg_pool2d(x, 5, 3, "VALID") if self.pool else \
+        x = tf.nn.avg_pool2d(x, 5, self.stride, "VALID") if self.pool else \
             tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         x = tf.nn.relu(self.bn1(conv2d(x, self.w1), training=training))
         x = tf.nn.conv2d(x, self.w2, 1, "VALID")
-        x = tf.nn.relu(self.bn2(x, training=training))
+        if self.bn2 is not None:
+            x = self.bn2(x, training=training)
+        x = tf.nn.relu(x)
         return self.fc(tf.reduce_mean(x, axis=[1, 2]))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "imagenet": self.imagenet}
 
 
 @serializable

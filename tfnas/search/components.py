@@ -230,9 +230,14 @@ class NoPerturbation:
 
 
 def _to_simplex(p, valid):
-    """SDARTS's clip(): negative entries to 0, each row renormalised (padding stays 0)."""
-    p = tf.maximum(p, 0.0) * valid
-    return p / tf.maximum(tf.reduce_sum(p, axis=-1, keepdims=True), 1e-12)
+    """SDARTS's clip(): each row clamped to [0, 1] and renormalised to sum 1; a row that
+    clamps to all zeros becomes one-hot on its (pre-clamp) argmax. Padding stays 0."""
+    top = tf.one_hot(tf.argmax(tf.where(valid > 0, p, -1e9), axis=-1), tf.shape(p)[-1],
+                     dtype=p.dtype)
+    q = tf.clip_by_value(p, 0.0, 1.0) * valid
+    total = tf.reduce_sum(q, axis=-1, keepdims=True)
+    q = tf.where(total > 0, q, top)
+    return q / tf.reduce_sum(q, axis=-1, keepdims=True)
 
 
 class RandomSmoothing(NoPerturbation):

@@ -191,13 +191,31 @@ class SearchLoop:
         self.strategy.run(replica_fn, args=batch)
 
     # --- epochs --------------------------------------------------------------------------
-    def _datasets(self, epoch):
+    def cutout_prob(self, epoch, tuning=False):
+        """Cutout probability of search epoch `epoch`: ramped linearly to `--cutout_prob` at
+        the last epoch (REFERENCE 3); selection and analysis tuning use the ramp's end value,
+        which the reference's transform keeps after the search."""
         c = self.config
-        prob = c.cutout_prob * epoch / max(c.epochs - 1, 1) if c.cutout else 0.0
-        train = self.pipeline.train(self.train_idx, 2 * epoch, cutout_prob=prob)
-        valid = self.pipeline.train(self.valid_idx, 2 * epoch + 1, cutout_prob=prob, repeat=True)
+        if not c.cutout:
+            return 0.0
+        if tuning:
+            return c.cutout_prob
+        return c.cutout_prob * min(epoch, c.epochs - 1) / max(c.epochs - 1, 1)
+
+    def _datasets(self, epoch, data_epoch=None, tuning=False):
+        prob = self.cutout_prob(epoch, tuning)
+        seed = epoch if data_epoch is None else data_epoch  # batch order and augmentation
+        train = self.pipeline.train(self.train_idx, 2 * seed, cutout_prob=prob)
+        valid = self.pipeline.train(self.valid_idx, 2 * seed + 1, cutout_prob=prob, repeat=True)
         dist = self.strategy.experimental_distribute_dataset
         return dist(train), dist(valid)
+
+    def reset_weight_optimizer(self):
+        """Zeroes the weight optimizer's momentum (a fresh SGD), as the reference does before
+        projection tuning (REFERENCE 4.2: the weight optimizer is re-created)."""
+        for buf in self.w_opt.buffers:
+            buf.assign(tf.zeros_like(buf))
+        self.w_opt.iterations.assign(0)
 
     def evaluate(self, batches=0, batch_stats=False):
         """Loss/accuracy of the supernet on the alpha split (no gradients).
@@ -229,7 +247,7 @@ class SearchLoop:
         self.perturbation.begin_epoch(self, epoch, tuning)
         for m in self.metrics.values():
             m.reset_state()
-        train, valid = self._datasets(epoch if data_epoch is None else data_epoch)
+        train, valid = self._datasets(epoch, data_epoch, tuning)
         it_v = iter(valid)
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
                                   unit_name="step")

@@ -60,7 +60,7 @@ class SelectConfig:
 
 
 def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=None,
-                  step_base=0):
+                  step_base=0, eval_kw=None):
     """Fine-tunes a (partly discretised) supernet: alternating alpha/weight epochs at the
     constant weight lr `lr`, perturbations at their tuning strength. The one tuning routine
     of `tfnas select` (between decisions) and `tfnas analyze strength` (to convergence).
@@ -71,6 +71,8 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
             once validation accuracy has not improved for `patience` epochs (at most
             `epochs`).
         writer: optional tf.summary writer for tune/* scalars (step = step_base + epoch).
+        eval_kw: keyword arguments of `loop.evaluate` for the patience evaluations (e.g.
+            `{"batches": 20, "batch_stats": True}`, as PT scores are measured).
     Returns:
         (records, best validation accuracy or None when patience is 0).
     """
@@ -81,7 +83,7 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
         line = f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} " \
                f"acc {rec['train_acc']:.3f}"
         if patience:
-            rec["valid_loss"], rec["valid_acc"] = loop.evaluate()
+            rec["valid_loss"], rec["valid_acc"] = loop.evaluate(**(eval_kw or {}))
             line += f" | valid acc {rec['valid_acc']:.3f}"
             if best is None or rec["valid_acc"] > best:
                 best, stale = rec["valid_acc"], 0
@@ -222,6 +224,8 @@ class PerturbationSelector:
         os.makedirs(self.folder, exist_ok=True)
         state = self.checkpointer.restore_latest()
         self.restored_event = state["event"] if state else -1
+        if state is None and self.config.selector != "magnitude":
+            self.loop.reset_weight_optimizer()  # fresh SGD for projection tuning (REFERENCE 4.2)
         truncate_jsonl(self.scores_path, "event", self.restored_event + 1)
         if self.restored_event >= 0:
             self.log(f"resuming selection after decision "

@@ -156,6 +156,10 @@ class Supernet(keras.Model):
                     arch.fix_edge(e, cspace.ops[e].index(op))
                     arch.remove_edge(e, removed=False)
 
+    def search_cells(self):
+        """[(cell layer, cell type, reduction)] of every search cell, in order."""
+        raise NotImplementedError
+
     def set_synchronized_bn(self, synchronized=True):
         """Use cross-replica batch statistics in every BN (set before tracing)."""
         for layer in self._flatten_layers(include_self=False, recursive=True):
@@ -203,6 +207,10 @@ class DartsSupernet(Supernet):
         self.num_classes, self.in_shape = num_classes, tuple(input_shape)
         self._create_variables()  # create every variable now
 
+    def search_cells(self):
+        return [(cell, ctype, ctype == "reduce")
+                for cell, ctype in zip(self.cells, self.cell_types)]
+
     def call(self, x, training=False, probs=None):
         weights = self.mixing_weights(probs)
         s0 = s1 = self.stem(x, training=training)
@@ -234,6 +242,10 @@ class NB201Supernet(Supernet):
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.num_classes, self.in_shape = num_classes, tuple(input_shape)
         self._create_variables()
+
+    def search_cells(self):
+        return [(layer, "cell", False) for layer in self.body
+                if isinstance(layer, NB201SearchCell)]
 
     def call(self, x, training=False, probs=None):
         w = self.mixing_weights(probs)["cell"]
