@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from tfnas.errors import ConfigError, WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl
+from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, remove_stale_temps
 
 KINDS = ("strength", "shuffle", "skip_gap")
 
@@ -59,6 +59,7 @@ def pearson(x, y):
 def _out_dir(workdir):
     path = os.path.join(workdir, "analysis")
     os.makedirs(path, exist_ok=True)
+    remove_stale_temps(path)
     return path
 
 

@@ -14,7 +14,8 @@ import tempfile
 
 import numpy as np
 
-from tfnas.errors import CheckpointError
+from tfnas.errors import CheckpointError, TrainingError
+from tfnas.io import TMP_PREFIX, remove_stale_temps
 
 
 def _entries(groups):
@@ -38,6 +39,8 @@ class Checkpointer:
 
     def __init__(self, folder, groups, keep=2):
         self.folder, self.groups, self.keep = folder, groups, int(keep)
+        if os.path.isdir(folder):
+            remove_stale_temps(folder)  # what a kill during an earlier save left behind
 
     def path(self, epoch):
         return os.path.join(self.folder, f"ckpt-{epoch:05d}.npz")
@@ -51,10 +54,24 @@ class Checkpointer:
         return sorted(found)
 
     def save(self, epoch, state):
-        os.makedirs(self.folder, exist_ok=True)
+        """Writes `ckpt-<epoch>.npz` atomically and drops the oldest beyond `keep`.
+
+        Raises:
+            TrainingError: a variable holds NaN or inf (nothing is written: the newest
+                checkpoint on disk stays the last good one).
+        """
         arrays = {k: np.asarray(v.numpy()) for k, v in _entries(self.groups)}
+        bad = [k for k, a in arrays.items()
+               if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a))]
+        if bad:
+            raise TrainingError(
+                f"the state holds NaN/inf values ({len(bad)} variables, e.g. {bad[0]}); no "
+                f"checkpoint was written, the last good one in {self.folder} is kept. Lower "
+                f"the learning rate or check the data")
+        os.makedirs(self.folder, exist_ok=True)
         arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ckpt-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX + "ckpt-",
+                                   suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)

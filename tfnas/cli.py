@@ -9,12 +9,14 @@ parsed with absl's argparse_flags, so `--flagfile=configs/x.cfg` works after the
 import dataclasses
 import logging
 import os
+import re
 import sys
 
 from absl import flags as absl_flags
 from absl.flags import argparse_flags
 
 from tfnas.errors import TfnasError, UsageError
+from tfnas.io import check_folder
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
@@ -22,8 +24,16 @@ EXIT_USAGE, EXIT_RUNTIME = 2, 1
 class _Parser(argparse_flags.ArgumentParser):
     """Usage errors as one line and exit code 2 (no usage dump)."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --verb is not --verbosity, --epoch not --epochs
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        if message.startswith("ambiguous option"):  # absl's own flags make a huge list
+            message = message.split(" could match")[0] + " (no such flag)"
+        if len(message) > 240:
+            message = message[:237] + "..."
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _bool(text):
@@ -93,7 +103,8 @@ def build_parser():
 
     report = sub.add_parser("report", help="plot cells, alpha vs PT scores, selection",
                             description="Write WORKDIR/report/*.png.")
-    report.add_argument("--workdir", required=True)
+    report.add_argument("--workdir", required=True, help="a search (and selection) run "
+                                                         "directory")
     report.set_defaults(handler=cmd_report)
 
     from tfnas.config import TrainConfig
@@ -102,8 +113,10 @@ def build_parser():
     train.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
     train.add_argument("--workdir", required=True, help="run directory (writes WORKDIR/train)")
     train.add_argument("--strategy", default="default",
-                       choices=("default", "mirrored", "multi_worker"))
-    train.add_argument("--cpu_devices", type=int, default=0)
+                       choices=("default", "mirrored", "multi_worker"),
+                       help="tf.distribute strategy; multi_worker reads TF_CONFIG")
+    train.add_argument("--cpu_devices", type=int, default=0,
+                       help="split the CPU into N logical devices (to run 'mirrored' on a CPU)")
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
 
@@ -130,13 +143,15 @@ def build_parser():
     analyze.add_argument("--trials", type=int, default=5, help="shuffle: random swaps")
     analyze.add_argument("--baselines", type=_bool, nargs="?", const=True, default=False,
                          help="shuffle: also train and shuffle a small ResNet and VGG")
-    analyze.add_argument("--baseline_epochs", type=int, default=5)
+    analyze.add_argument("--baseline_epochs", type=int, default=5,
+                         help="shuffle: training epochs of each baseline network")
     analyze.add_argument("--cell", default="", help="skip_gap: cell type (default: the "
                                                     "first, normal or NB201's cell)")
     analyze.add_argument("--versus", default="",
                          help="skip_gap: op compared with skip (default: the strongest "
                               "other op; sep_conv_3x3 on S2)")
-    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--seed", type=int, default=0,
+                         help="seed of random edges, swaps and baselines")
     analyze.set_defaults(handler=cmd_analyze)
 
     query = sub.add_parser("query", help="look up a NAS-Bench-201 architecture",
@@ -157,13 +172,22 @@ def build_parser():
     export.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
     export.add_argument("--weights", default="", help="a trained model.keras (default: an "
                                                       "initialised model)")
-    export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--formats", default="keras,savedmodel,onnx")
-    export.add_argument("--opset", type=int, default=17)
-    export.add_argument("--channels", type=int, default=36)
-    export.add_argument("--layers", type=int, default=20)
-    export.add_argument("--num_classes", type=int, default=10)
-    export.add_argument("--input_shape", default="32,32,3", help="H,W,C")
+    export.add_argument("--out", required=True,
+                        help="output folder (created; an earlier export there is replaced "
+                             "only with --overwrite, anything else never)")
+    export.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
+                        help="replace an earlier tfnas export at --out")
+    export.add_argument("--formats", default="keras,savedmodel,onnx",
+                        help="comma list of keras, savedmodel, onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    export.add_argument("--channels", type=int, default=36,
+                        help="C of the first cell, without --weights")
+    export.add_argument("--layers", type=int, default=20,
+                        help="cells (cells per stage for nb201), without --weights")
+    export.add_argument("--num_classes", type=int, default=10,
+                        help="classifier width, without --weights")
+    export.add_argument("--input_shape", default="32,32,3",
+                        help="H,W,C of the input, without --weights")
     export.add_argument("--form", default="", help="cifar | imagenet | nb201 (default: from "
                                                    "the genotype)")
     export.set_defaults(handler=cmd_export)
@@ -172,6 +196,7 @@ def build_parser():
 
 def cmd_select(args):
     from tfnas.selection.pt import SelectConfig, run_select
+    check_folder(args.workdir, "--workdir", must_exist=True)
     config = _config_from_args(args, SelectConfig).validate()
     run_select(args.workdir, config, args.overwrite)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
@@ -180,6 +205,7 @@ def cmd_select(args):
 
 def cmd_analyze(args):
     from tfnas import analyze
+    check_folder(args.workdir, "--workdir", must_exist=True)
     for name in ("max_epochs", "trials", "baseline_epochs"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected a "
@@ -217,6 +243,7 @@ def cmd_query(args):
 
 def cmd_report(args):
     from tfnas.report import write_report
+    check_folder(args.workdir, "--workdir", must_exist=True)
     for path in write_report(args.workdir):
         print(path)
     return 0
@@ -239,8 +266,18 @@ def cmd_export(args):
     from tfnas.export import count_macs, export_model
     from tfnas.genotype import Genotype
     from tfnas.models import build_model
+    from tfnas.export import FORMATS, check_export_out
     genotype = Genotype.load(args.genotype)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"--formats: unknown {unknown}; expected a comma list of "
+                         f"{', '.join(FORMATS)}")
+    for name in ("opset", "channels", "layers", "num_classes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected a "
+                             f"positive integer")
+    check_export_out(args.out, args.overwrite)  # before any work
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
         assert len(shape) == 3 and min(shape) > 0
@@ -249,14 +286,19 @@ def cmd_export(args):
             from None
     if args.weights:
         import keras
-        if not os.path.exists(args.weights):
+        if not os.path.isfile(args.weights):
             raise UsageError(f"--weights={args.weights}: no such file")
-        model = keras.models.load_model(args.weights)
+        try:
+            model = keras.models.load_model(args.weights)
+        except Exception as e:
+            raise UsageError(f"--weights={args.weights} is not a loadable .keras model "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     else:
         model = build_model(genotype, args.num_classes, shape, args.channels, args.layers,
                             form=args.form or None)
         print("no --weights: exporting an initialised model (for latency and format checks)")
-    report = export_model(model, args.out, formats, args.opset, initialised=not args.weights)
+    report = export_model(model, args.out, formats, args.opset, initialised=not args.weights,
+                          overwrite=args.overwrite)
     params = model.count_params()
     macs = count_macs(model, tuple(model.input_shape[1:]))
     print(f"exported to {args.out}: {', '.join(formats)}; parameters {params:,}; "
@@ -278,6 +320,9 @@ def cmd_search(args):
     return 0
 
 
+_FLAG_LINE = re.compile(r"--[A-Za-z_][A-Za-z0-9_-]*(=.*)?", re.DOTALL)
+
+
 def _read_flagfile(path, seen=()):
     """The flags of a flagfile (absl format: one flag per line, '#' / '//' comments, nested
     --flagfile lines expanded)."""
@@ -289,9 +334,13 @@ def _read_flagfile(path, seen=()):
     except OSError as e:
         raise UsageError(f"--flagfile={path}: {e.strerror}") from None
     out = []
-    for ln in lines:
+    for number, ln in enumerate(lines, 1):
         if not ln or ln.startswith("#") or ln.startswith("//"):
             continue
+        if not _FLAG_LINE.fullmatch(ln):
+            shown = ln if len(ln) <= 60 else ln[:57] + "..."
+            raise UsageError(f"--flagfile={path} line {number}: {shown!r} is not a flag "
+                             f"(expected --name=value, --name, or a # comment)")
         if ln.startswith("--flagfile="):
             out += _read_flagfile(ln.split("=", 1)[1], (*seen, path))
         else:
@@ -342,6 +391,10 @@ def expand_flagfiles(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
+        for arg in argv:
+            if arg.startswith("--") and arg != "--" and not _FLAG_LINE.fullmatch(arg):
+                shown = arg if len(arg) <= 60 else arg[:57] + "..."
+                raise UsageError(f"{shown!r} is not a flag (expected --name=value or --name)")
         args = build_parser().parse_args(expand_flagfiles(list(argv)))
         return args.handler(args)
     except TfnasError as e:
@@ -354,6 +407,53 @@ def main(argv=None):
         print("tfnas: interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except OSError as e:  # a disk that filled up or went read-only while running
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"tfnas: error: {e.strerror or e}{where}; what was written before is intact: "
+              f"fix the cause and rerun the same command to resume", file=sys.stderr)
+        return EXIT_RUNTIME
+    except MemoryError:
+        print("tfnas: error: out of memory; lower --batch_size, --channels or --layers",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as e:  # noqa: BLE001 (one line unless asked for the traceback)
+        if _is_lost_peer(e):
+            print(f"tfnas: error: {lost_peer_message(e)}", file=sys.stderr)
+            return EXIT_RUNTIME
+        if os.environ.get("TFNAS_TRACEBACK"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"tfnas: internal error: {type(e).__name__}: {first} (rerun with "
+              f"TFNAS_TRACEBACK=1 for the traceback and report it)", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
+
+
+def _is_lost_peer(e):
+    """A collective that failed because another worker of the cluster went away."""
+    return bool(os.environ.get("TF_CONFIG")) and type(e).__name__ in _PEER_ERRORS + (
+        "InternalError", "UnknownError") and any(
+        w in str(e).lower() for w in ("worker", "task", "peer", "collective", "heartbeat",
+                                      "unavailable", "connect", "deadline"))
+
+
+def lost_peer_message(e):
+    """One line: which worker was lost and how to resume."""
+    found = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e))
+    me = ""
+    try:
+        import json
+        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        me = f"/job:{task.get('type')}/task:{task.get('index')}"
+    except (ValueError, KeyError, AttributeError):
+        pass
+    others = sorted({f"{j} {t}" for j, t in found if f"/job:{j}/task:{t}" != me})
+    who = f"lost contact with {', '.join(others)}" if others else "lost contact with a " \
+        "worker of the cluster"
+    return (f"{who} ({type(e).__name__}); every worker stops. Restart all workers with the "
+            f"same command and TF_CONFIG to resume from the last checkpoint")
 
 
 def _quiet_tensorflow_import():

@@ -43,6 +43,8 @@ class SearchConfig:
                                     "trains alpha")
     limit_examples: int = _f(0, "use only the first N training examples (0: all); for smoke "
                                 "runs")
+    skip_bad_images: bool = _f(False, "folder datasets: skip undecodable images with a "
+                                      "warning and a count instead of failing")
     cutout: bool = _f(False, "cutout augmentation (probability ramped up over the epochs)")
     cutout_length: int = _f(16, "cutout square side in pixels")
     cutout_prob: float = _f(1.0, "final cutout probability")
@@ -151,6 +153,8 @@ class TrainConfig:
     data_dir: str = _f("", "tensorflow-datasets data_dir")
     download: bool = _f(False, "let tensorflow-datasets download the data")
     limit_examples: int = _f(0, "use only the first N training examples (0: all)")
+    skip_bad_images: bool = _f(False, "folder datasets: skip undecodable images with a "
+                                      "warning and a count instead of failing")
     form: str = _f("cifar", "network form", ("cifar", "imagenet", "nb201"))
     channels: int = _f(36, "initial channels C")
     layers: int = _f(20, "cells (cells per stage for nb201)")

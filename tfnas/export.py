@@ -1,6 +1,6 @@
 """Export a genotype (and weights) to `.keras`, SavedModel and ONNX, with parity checks."""
 
-import json
+import glob
 import os
 import shutil
 import tempfile
@@ -8,6 +8,7 @@ import tempfile
 import numpy as np
 
 from tfnas.errors import TfnasError, UsageError
+from tfnas.io import MARKER, TMP_PREFIX, check_folder, dumps
 
 FORMATS = ("keras", "savedmodel", "onnx")
 TOLERANCE = 1e-4
@@ -31,16 +32,41 @@ def count_macs(model, input_shape):
     return int(info.total_float_ops // 2)
 
 
-def export_model(model, out, formats=FORMATS, opset=17, batch=2, seed=0, initialised=False):
+def check_export_out(out, overwrite=False):
+    """Refuses an --out that tfnas must not replace (before any work starts).
+
+    An existing folder is replaced only with `overwrite` and only if it is an earlier export
+    (it holds the `.tfnas` marker that every export writes); a file, or a folder of someone
+    else's files, is never replaced.
+
+    Raises:
+        UsageError: one sentence saying why and what to do.
+    """
+    check_folder(os.path.dirname(os.path.abspath(out)), "--out's parent")
+    if os.path.isfile(out) or os.path.islink(out):
+        raise UsageError(f"--out={out} is a file; tfnas never replaces a file: pass a new "
+                         f"folder path")
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.exists(os.path.join(out, MARKER)):
+            raise UsageError(f"--out={out} holds files that tfnas did not write (no {MARKER} "
+                             f"marker); nothing was changed: pass a new folder path")
+        if not overwrite:
+            raise UsageError(f"--out={out} holds an earlier export; pass --overwrite to "
+                             f"replace it, or choose another folder")
+
+
+def export_model(model, out, formats=FORMATS, opset=17, batch=2, seed=0, initialised=False,
+                 overwrite=False):
     """Writes the requested formats into `out` and checks them against `model`.
 
     Everything is written into a temporary folder beside `out` and moved into place only
-    when every parity check passed, so a failure leaves nothing half-written.
+    when every parity check passed, so a failure leaves nothing half-written. An existing
+    `out` is replaced only if it is an earlier export and `overwrite` is set.
 
     Returns:
         The parity report (also written to OUT/parity.json).
     Raises:
-        UsageError: unknown format or unwritable `out`.
+        UsageError: unknown format, unwritable `out`, or an `out` that must not be replaced.
         ParityError: a format differs from Keras by more than 1e-4.
     """
     import keras
@@ -49,10 +75,14 @@ def export_model(model, out, formats=FORMATS, opset=17, batch=2, seed=0, initial
     if unknown or not formats:
         raise UsageError(f"--formats: unknown {unknown}; expected a comma list of "
                          f"{', '.join(FORMATS)}")
+    check_export_out(out, overwrite)
     parent = os.path.dirname(os.path.abspath(out)) or "."
+    prefix = f"{TMP_PREFIX}export-{os.path.basename(os.path.abspath(out))}-"
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted export of `out`
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
     except OSError as e:
         raise UsageError(f"--out={out}: cannot write there ({e.strerror})") from e
     try:
@@ -89,10 +119,17 @@ def export_model(model, out, formats=FORMATS, opset=17, batch=2, seed=0, initial
             raise ParityError(f"export parity failed: {bad} exceed {TOLERANCE} (nothing written "
                               f"to {out})")
         with open(os.path.join(tmp, "parity.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        if os.path.exists(out):
-            shutil.rmtree(out) if os.path.isdir(out) else os.unlink(out)
+            f.write(dumps(report, indent=1))
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            f.write(dumps({"written_by": "tfnas export", "formats": list(formats)}) + "\n")
+        check_export_out(out, overwrite)  # again: `out` may have changed meanwhile
+        old = None
+        if os.path.isdir(out) and os.listdir(out):  # an earlier export: swap, then delete
+            old = tempfile.mkdtemp(dir=parent, prefix=prefix)
+            os.replace(out, os.path.join(old, "previous"))
         os.replace(tmp, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
         return report
     finally:
         if os.path.exists(tmp):

@@ -61,7 +61,8 @@ class Genotype:
         return out
 
     def dumps(self):
-        return json.dumps(self.to_json(), indent=1)
+        from tfnas.io import dumps
+        return dumps(self.to_json(), indent=1)  # strict JSON: a NaN metric in meta -> null
 
     def save(self, path):
         """Writes the genotype atomically (temporary file, then rename)."""

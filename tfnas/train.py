@@ -4,8 +4,10 @@ import json
 import math
 import os
 
-from tfnas.errors import WorkdirError
-from tfnas.io import atomic_write_json
+import keras
+
+from tfnas.errors import TrainingError, WorkdirError
+from tfnas.io import atomic_write_json, check_folder, dumps, remove_stale_temps
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -18,7 +20,6 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     history.csv, history.json, tb/, backup/ (BackupAndRestore state while running).
     Returns the Keras History.
     """
-    import keras
     import numpy as np
     import tensorflow as tf
     from tfnas.data import Pipeline, load_dataset
@@ -26,19 +27,26 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     from tfnas.optimizers import EpochCosine, ReferenceSGD
 
     config.validate()
+    check_folder(workdir, "--workdir")
     out = os.path.join(workdir, "train")
     cfg_path = os.path.join(out, "config.json")
     record = {"config": config.to_json(), "genotype": genotype.to_json()}
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
-            if json.load(f) != json.loads(json.dumps(record)):
-                raise WorkdirError(f"{out} holds a training run with a different config or "
-                                   f"genotype; use another --workdir")
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(cfg_path, record)
+            old = json.load(f)
+        old["config"] = {**{k: v for k, v in type(config)().to_json().items()
+                            if k not in old.get("config", {})}, **old.get("config", {})}
+        if old != json.loads(dumps(record)):
+            raise WorkdirError(f"{out} holds a training run with a different config or "
+                               f"genotype; use another --workdir")
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples)
+    # the data is read and validated before anything is written into the workdir
+    data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples,
+                        config.skip_bad_images)
+    os.makedirs(out, exist_ok=True)
+    remove_stale_temps(out)
+    atomic_write_json(cfg_path, record)
     style = "imagenet" if config.form == "imagenet" else "cifar"
     if style == "imagenet":  # the reference's fixed ImageNet normalisation
         data.mean, data.std = IMAGENET_STATS
@@ -78,6 +86,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     monitor = ("val_logits_accuracy" if config.auxiliary else "val_accuracy") if val_ds \
         else "loss"
     callbacks = [
+        FiniteGuard(),  # first: a non-finite loss stops fit before any callback saves
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
@@ -87,15 +96,29 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
                                         save_best_only=True),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
-        keras.callbacks.TerminateOnNaN(),
     ] + list(extra_callbacks)
     log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
         f"parameters, {steps} steps per epoch, {config.epochs} epochs")
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
                         validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    if any(not math.isfinite(v) for vals in hist.values() for v in vals):
-        from tfnas.errors import TrainingError
-        raise TrainingError("training diverged (NaN loss); lower --lr")
     atomic_write_json(os.path.join(out, "history.json"), hist)
     return history
+
+
+class FiniteGuard(keras.callbacks.Callback):
+    """Stops `fit` with a TrainingError at the first non-finite training loss (checked every
+    batch) or validation loss, before any later callback saves a checkpoint or model: what
+    is on disk stays the last good state."""
+
+    def _check(self, logs, where):
+        for key, value in (logs or {}).items():
+            if "loss" in key and not math.isfinite(float(value)):
+                raise TrainingError(f"training diverged: {key} became {float(value)} {where}; "
+                                    f"the last good model and backup are kept. Lower --lr")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"at step {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"in epoch {epoch + 1}")

@@ -5,8 +5,10 @@ memory, plus the normalisation and augmentation that suit the dataset. Pipelines
 per epoch from a seed, so an interrupted search resumes on exactly the same batches.
 """
 
+import contextlib
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -80,7 +82,7 @@ def _labels(y, where):
 
 
 @DATASETS.register("digits")
-def load_digits(spec, data_dir="", download=False):
+def load_digits(spec, data_dir="", download=False, **_):
     """scikit-learn's bundled 8x8 digits (1797 images, offline): the first 1437 train."""
     from sklearn.datasets import load_digits as sk_digits
     d = sk_digits()
@@ -92,7 +94,7 @@ def load_digits(spec, data_dir="", download=False):
 
 
 def _tfds(name, stats, flip):
-    def load(spec, data_dir="", download=False):
+    def load(spec, data_dir="", download=False, **_):
         import importlib
         import importlib.resources
         import sys
@@ -102,23 +104,47 @@ def _tfds(name, stats, flip):
         except ImportError:
             sys.modules.setdefault("importlib_resources", importlib.resources)
         import tensorflow_datasets as tfds
-        try:
-            splits = tfds.load(name, split=["train", "test"], data_dir=data_dir or None,
-                               download=download, as_supervised=True)
-        except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError when absent
-            where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
-            raise DataError(
-                f"dataset {name!r} not found in {where} ({type(e).__name__}). Prepare it "
-                f"with `tfds build {name} --data_dir=DIR` on a machine with internet and pass "
-                f"--data_dir=DIR, or pass --download") from e
-        # Iterated example by example: batch_size=-1 aborts the process under
-        # tfds.testing.mock_data (std::length_error in the generator dataset).
-        (xtr, ytr), (xte, yte) = [
-            tuple(np.stack(a) for a in zip(*tfds.as_numpy(split))) for split in splits]
-        return ArrayData(name, _as_images(xtr, name), _labels(ytr, name), _as_images(xte, name),
-                         _labels(yte, name), int(max(ytr.max(), yte.max()) + 1), *stats,
-                         crop_pad=4, flip=flip)
+        with _private_tempdir():
+            return _load_tfds(tfds, name, stats, flip, data_dir, download)
     return load
+
+
+@contextlib.contextmanager
+def _private_tempdir():
+    """tfds (4.9) leaves a `tmp*tfds` folder in the system temp dir on every load
+    (DatasetInfo.initialize_from_bucket): point tempfile at a folder of ours, removed after."""
+    import shutil
+    import tempfile
+    own = tempfile.mkdtemp(prefix="tfnas-tfds-")
+    saved, tempfile.tempdir = tempfile.tempdir, own
+    try:
+        yield own
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _load_tfds(tfds, name, stats, flip, data_dir, download):
+    try:
+        splits, info = tfds.load(name, split=["train", "test"], data_dir=data_dir or None,
+                                 download=download, as_supervised=True, with_info=True)
+    except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError when absent
+        where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
+        raise DataError(
+            f"dataset {name!r} not found in {where} ({type(e).__name__}). Prepare it "
+            f"with `tfds build {name} --data_dir=DIR` on a machine with internet and pass "
+            f"--data_dir=DIR, or pass --download") from e
+    # Iterated example by example: batch_size=-1 aborts the process under
+    # tfds.testing.mock_data (std::length_error in the generator dataset).
+    (xtr, ytr), (xte, yte) = [
+        tuple(np.stack(a) for a in zip(*tfds.as_numpy(split))) for split in splits]
+    try:
+        declared = int(info.features["label"].num_classes)
+    except (KeyError, AttributeError, TypeError):
+        declared = None
+    return ArrayData(name, _as_images(xtr, name), _labels(ytr, name), _as_images(xte, name),
+                     _labels(yte, name), declared or _num_classes(ytr, yte, name), *stats,
+                     crop_pad=4, flip=flip)
 
 
 DATASETS.register("cifar10", _tfds("cifar10", CIFAR10_STATS, True))
@@ -127,7 +153,7 @@ DATASETS.register("svhn", _tfds("svhn_cropped", SVHN_STATS, False))
 
 
 @DATASETS.register("npz")
-def load_npz(spec, data_dir="", download=False):
+def load_npz(spec, data_dir="", download=False, **_):
     """`npz:PATH` with arrays x_train, y_train[, x_test, y_test] (ImageNet16-120 this way)."""
     path = spec.split(":", 1)[1]
     try:
@@ -145,37 +171,43 @@ def load_npz(spec, data_dir="", download=False):
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"npz dataset {path}: images and labels differ in length")
     h = xtr.shape[1]
-    return ArrayData(os.path.basename(path), xtr, ytr, xte, yte,
-                     int(max(ytr.max(), yte.max() if len(yte) else 0) + 1), *_stats(xtr),
+    if "num_classes" in arrays:
+        declared = np.asarray(arrays["num_classes"]).reshape(-1)
+        if declared.size != 1 or not np.issubdtype(declared.dtype, np.integer):
+            raise DataError(f"npz dataset {path}: num_classes must be one integer")
+        num_classes = int(declared[0])
+    else:
+        num_classes = _num_classes(ytr, yte, path)
+    return ArrayData(os.path.basename(path), xtr, ytr, xte, yte, num_classes, *_stats(xtr),
                      crop_pad=max(1, h // 8), flip=True)
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
 @DATASETS.register("folder")
-def load_folder(spec, data_dir="", download=False):
-    """`folder:PATH`: class-per-subfolder images; PATH/train and PATH/test when present."""
+def load_folder(spec, data_dir="", download=False, skip_bad_images=False, **_):
+    """`folder:PATH`: class-per-subfolder images; PATH/train and PATH/test when present.
+
+    Files are listed (sorted; subfolders of a class folder included), then read and decoded in
+    a tf.data pipeline (3 channels, resized to the first image's size). An undecodable file is
+    named in the error, or skipped with a warning and a count with `skip_bad_images`.
+    """
     path = spec.split(":", 1)[1]
     if not os.path.isdir(path):
         raise DataError(f"image folder {path} does not exist")
-    import keras
     parts = {}
     subsets = ("train", "test") if os.path.isdir(os.path.join(path, "train")) else ("",)
-    class_names = None
+    class_names, size = None, None
     for sub in subsets:
         root = os.path.join(path, sub) if sub else path
-        try:
-            ds = keras.utils.image_dataset_from_directory(
-                root, labels="inferred", label_mode="int", batch_size=None, shuffle=False,
-                image_size=_first_image_size(root), class_names=class_names, verbose=False)
-        except Exception as e:
-            raise DataError(f"cannot read image folder {root}: {e}") from e
-        class_names = ds.class_names
-        xs, ys = [], []
-        for x, y in ds.as_numpy_iterator():
-            xs.append(x)
-            ys.append(y)
-        if not xs:
-            raise DataError(f"image folder {root} holds no images")
-        parts[sub or "train"] = (_as_images(np.stack(xs), root), _labels(np.array(ys), root))
+        names, files, labels = _list_images(root)
+        if class_names is not None and names != class_names:
+            raise DataError(f"image folder {root}: its classes {names} differ from the "
+                            f"training classes {class_names}")
+        class_names = names
+        size = size or _first_image_size(files, root)
+        parts[sub or "train"] = _decode_images(files, labels, size, root, skip_bad_images)
     xtr, ytr = parts["train"]
     # Folders list images class by class: shuffle once (fixed seed) so the bilevel split and
     # --limit_examples see every class.
@@ -187,25 +219,107 @@ def load_folder(spec, data_dir="", download=False):
                      flip=True)
 
 
-def _first_image_size(root):
+def _list_images(root):
+    classes = sorted(d for d in os.listdir(root)
+                     if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for dirpath, dirs, names in os.walk(os.path.join(root, name)):
+            dirs.sort()
+            for f in sorted(names):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    files.append(os.path.join(dirpath, f))
+                    labels.append(label)
+    if not files:
+        raise DataError(f"image folder {root} holds no images (expected one subfolder per "
+                        f"class with {', '.join(IMAGE_EXTENSIONS)} files)")
+    return classes, files, np.array(labels, np.int64)
+
+
+def _first_image_size(files, root):
     from PIL import Image
-    for dirpath, _, files in sorted(os.walk(root)):
-        for f in sorted(files):
-            try:
-                with Image.open(os.path.join(dirpath, f)) as im:
-                    return im.size[1], im.size[0]
-            except OSError:
-                continue
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                return im.size[1], im.size[0]
+        except OSError:
+            continue
     raise DataError(f"image folder {root} holds no readable images")
 
 
-def load_dataset(spec, data_dir="", download=False, limit=0):
-    """Loads a dataset by spec ("digits", "cifar10", "folder:PATH", "npz:PATH")."""
-    data = DATASETS.get(dataset_kind(spec))(spec, data_dir=data_dir, download=download)
-    if limit:
-        data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
+def _decode_images(files, labels, size, root, skip_bad):
+    """Decodes every file in a tf.data pipeline; the files that fail are found by their
+    missing indices (ignore_errors), named, and either fail the load or are skipped."""
+    import tensorflow as tf
+    h, w = size
+
+    def load(i, path):
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        img = tf.image.resize(img, (h, w), method="bilinear")  # identity at the same size
+        return i, tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    idx, images = [], []
+    for i, x in ds.batch(1024).as_numpy_iterator():
+        idx.append(i)
+        images.append(x)
+    idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+    bad = sorted(set(range(len(files))) - set(idx.tolist()))
+    if bad:
+        if not skip_bad:
+            raise DataError(f"image folder {root}: {len(bad)} file(s) cannot be decoded as "
+                            f"images, first {files[bad[0]]}; fix or remove them, or pass "
+                            f"--skip_bad_images")
+        print(f"tfnas: warning: skipped {len(bad)} undecodable image(s) in {root}, first "
+              f"{files[bad[0]]}", file=sys.stderr, flush=True)
+    if not len(idx):
+        raise DataError(f"image folder {root} holds no decodable images")
+    return np.concatenate(images), labels[idx]
+
+
+def _num_classes(y_train, y_test, where):
+    """Classes of a dataset that does not declare them: the labels must be 0..K-1 with every
+    class in the training set (a stray huge label would otherwise size the classifier)."""
+    k = len(np.unique(y_train))
+    top = int(max(y_train.max(), y_test.max() if len(y_test) else 0))
+    if top != k - 1:
+        raise DataError(f"{where}: labels are not 0..K-1 (the training set has {k} distinct "
+                        f"labels, the largest label is {top}); relabel them, or declare the "
+                        f"classes (npz: a num_classes array)")
+    return k
+
+
+def validate_data(data, spec):
+    """Checks once at load what every stage relies on.
+
+    Raises:
+        DataError: fewer than 2 classes or training examples, a label outside
+            [0, num_classes), images and labels of different lengths.
+    """
+    for split in ("train", "test"):
+        x, y = getattr(data, "x_" + split), getattr(data, "y_" + split)
+        if len(x) != len(y):
+            raise DataError(f"dataset {spec!r}: {len(x)} {split} images but {len(y)} labels")
+        if len(y) and (y.min() < 0 or y.max() >= data.num_classes):
+            raise DataError(f"dataset {spec!r}: a {split} label is {int(y.max())}, outside "
+                            f"0..{data.num_classes - 1} ({data.num_classes} classes)")
+    if data.num_classes < 2 or len(np.unique(data.y_train)) < 2:
+        raise DataError(f"dataset {spec!r} has a single class in its training set: a "
+                        f"classifier learns nothing from it (accuracy would be 1.0); it needs "
+                        f"2 or more classes")
     if len(data.x_train) < 2:
         raise DataError(f"dataset {spec!r} has {len(data.x_train)} training examples; need 2+")
+
+
+def load_dataset(spec, data_dir="", download=False, limit=0, skip_bad_images=False):
+    """Loads and validates a dataset by spec ("digits", "cifar10", "folder:PATH",
+    "npz:PATH")."""
+    data = DATASETS.get(dataset_kind(spec))(spec, data_dir=data_dir, download=download,
+                                            skip_bad_images=skip_bad_images)
+    if limit:
+        data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
+    validate_data(data, spec)
     return data
 
 

@@ -20,7 +20,8 @@ from tfnas.checkpoint import Checkpointer
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, fmt_time, truncate_jsonl
+from tfnas.io import (append_jsonl, atomic_write_json, check_folder, fmt_time,
+                      remove_stale_temps, truncate_jsonl)
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.optim import MomentumSGD
 from tfnas.selection import magnitude_genotype
@@ -48,6 +49,9 @@ def prepare_workdir(workdir, config, overwrite, is_chief=True):
         with open(cfg_path) as f:
             old = json.load(f)
         new = config.to_json()
+        # keys added in later versions count as their defaults (an old run still resumes)
+        defaults = type(config)().to_json()
+        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
@@ -77,7 +81,7 @@ class SearchLoop:
         log: callable taking one line of progress text.
     """
 
-    def __init__(self, config, workdir, strategy, is_chief=True, log=None):
+    def __init__(self, config, workdir, strategy, is_chief=True, log=None, data=None):
         self.config, self.workdir, self.strategy = config, workdir, strategy
         self.is_chief = is_chief
         self.log = log or (lambda s: print(s, flush=True))
@@ -86,8 +90,11 @@ class SearchLoop:
             raise WorkdirError(f"--batch_size={config.batch_size} must be divisible by the "
                                f"{self.replicas} replicas")
         keras.utils.set_random_seed(config.seed)
-        self.data = load_dataset(config.dataset, config.data_dir, config.download,
-                                 config.limit_examples)
+        self.data = data if data is not None else load_dataset(
+            config.dataset, config.data_dir, config.download, config.limit_examples,
+            config.skip_bad_images)
+        if is_chief and os.path.isdir(workdir):
+            remove_stale_temps(workdir)  # temp files of writes a kill interrupted
         self.train_idx, self.valid_idx = bilevel_split(len(self.data.x_train),
                                                        config.train_portion)
         if len(self.train_idx) < config.batch_size or len(self.valid_idx) < config.batch_size:
@@ -234,7 +241,12 @@ class SearchLoop:
             ds = ds.take(batches)
         for batch in self.strategy.experimental_distribute_dataset(ds):
             self._eval_fn(batch, training=bool(batch_stats))
-        return float(self.metrics["valid_loss"].result()), float(self.metrics["valid_acc"].result())
+        loss = float(self.metrics["valid_loss"].result())
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"validation loss became {loss}; the supernet diverged. The last good "
+                f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or --arch_lr")
+        return loss, float(self.metrics["valid_acc"].result())
 
     def train_epoch(self, epoch, lr, data_epoch=None, tuning=False):
         """One pass of alternating steps at learning rate `lr`; returns the epoch's metrics.
@@ -373,9 +385,12 @@ def run_search(config, workdir, overwrite=False, strategy=None, is_chief=True, l
         The magnitude Genotype of the trained supernet.
     """
     config.validate()
+    check_folder(workdir, "--workdir")
     strategy = strategy or tf.distribute.get_strategy()
+    # the data is read and validated, and the supernet built, before anything is written
+    loop = SearchLoop(config, workdir, strategy, is_chief, log)
     prepare_workdir(workdir, config, overwrite, is_chief)
-    return SearchLoop(config, workdir, strategy, is_chief, log).run()
+    return loop.run()
 
 
 __all__ = ["SearchLoop", "SearchConfig", "run_search", "cosine_lr", "prepare_workdir"]

@@ -27,7 +27,8 @@ import numpy as np
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.errors import WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, truncate_jsonl
+from tfnas.io import (append_jsonl, atomic_write_json, fmt_time, read_jsonl,
+                      remove_stale_temps, truncate_jsonl)
 from tfnas.selection.magnitude import magnitude_genotype
 
 SELECTORS = ("pt", "pt_mag", "magnitude")
@@ -344,6 +345,7 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
             if os.path.isdir(path):
                 shutil.rmtree(path)
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder)
     atomic_write_json(sel_cfg, config.to_json())
     if config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
         # the mixing weights: decisions made during the search (SGAS) count
