@@ -72,3 +72,32 @@ def test_experiment_flagfile_serves_both_stages_but_explicit_flags_are_checked(t
     # typed on the command line, a flag of the other stage is an error
     assert main(["search", f"--workdir={tmp_path / 'r'}", "--selector=pt"]) == 2
     assert "unrecognized arguments: --selector=pt" in capsys.readouterr().err
+
+
+def test_shipped_zoo_and_flagfiles_are_found_by_name(tmp_path, capsys, monkeypatch):
+    from tfnas.genotype import resolve_genotype_path
+    monkeypatch.chdir(tmp_path)  # another folder: nothing relative to the repository
+    assert main(["list", "zoo"]) == 0
+    assert capsys.readouterr().out.split() == ["darts_v1", "darts_v2"]
+    assert main(["list", "configs"]) == 0
+    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    assert "quickstart" in names and "paper/table2_darts_pt" in names and len(names) >= 69
+    assert resolve_genotype_path("darts_v2").endswith("darts_v2.json")
+    from tfnas.cli import expand_flagfiles
+    flags = expand_flagfiles(["search", "--flagfile=paper/table2_darts_pt", "--workdir=w"])
+    assert "--space=darts" in flags and "--epochs=50" in flags
+
+
+def test_the_wheel_ships_the_zoo_and_the_flagfiles(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                          "--no-build-isolation", "-q", "-w", str(tmp_path), root],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
+    assert {"tfnas/zoo/darts_v2.json", "tfnas/configs/quickstart.cfg",
+            "tfnas/configs/paper/table2_darts_pt.cfg", "tfnas/resources.py"} <= names

@@ -74,3 +74,41 @@ def test_multi_worker_two_processes(tmp_path):
     assert (chief / "genotype_magnitude.json").exists()
     assert len(os.listdir(chief / "checkpoints")) == 2
     assert not other.exists()  # only the chief writes
+
+
+@pytest.mark.slow
+def test_lost_worker_ends_the_others_with_one_line(tmp_path):
+    """Worker 1 is killed mid-search: worker 0 stops within a minute, exit 1, its last line
+    names the lost worker and how to resume, no Python traceback."""
+    import signal
+    import time
+    space = write_tiny_space(str(tmp_path))
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
+                f"--workdir={tmp_path / f'w{i}'}", f"--space={space}", "--channels=4",
+                "--layers=3", "--epochs=40", "--batch_size=32", "--steps_per_epoch=3",
+                "--limit_examples=300", "--seed=5"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))
+    try:
+        for line in procs[0].stdout:  # wait until the cluster trains
+            if line.startswith("epoch 2/"):
+                break
+        procs[1].send_signal(signal.SIGKILL)
+        t0 = time.time()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.time() - t0
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    assert procs[0].returncode == 1 and waited < 60, (waited, err[-2000:])
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tfnas: error: lost contact with worker 1"), last
+    assert "Restart all workers with the same command" in last

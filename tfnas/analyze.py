@@ -18,6 +18,7 @@ import os
 import time
 
 import numpy as np
+import scipy.stats
 
 from tfnas.errors import ConfigError, WorkdirError
 from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, remove_stale_temps
@@ -27,33 +28,20 @@ KINDS = ("strength", "shuffle", "skip_gap")
 
 # --- statistics ---------------------------------------------------------------------------
 def kendall_tau(x, y):
-    """Kendall's tau-b (ties in either ranking handled); nan for fewer than 2 points or a
-    constant ranking."""
+    """Kendall's tau-b (SciPy; ties in either ranking handled); nan for fewer than 2 points
+    or a constant ranking."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    n = len(x)
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx == dy:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = np.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return float((concordant - discordant) / denom) if denom > 0 else float("nan")
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(scipy.stats.kendalltau(x, y, variant="b").statistic)
 
 
 def pearson(x, y):
+    """Pearson's r (SciPy); nan for fewer than 2 points or a constant series."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    return float(scipy.stats.pearsonr(x, y).statistic)
 
 
 def _out_dir(workdir):

@@ -167,6 +167,12 @@ def build_parser():
                        help="print one JSON object instead of a table")
     query.set_defaults(handler=cmd_query)
 
+    listing = sub.add_parser("list", help="list the shipped genotypes or flagfiles",
+                             description="zoo: genotype names for --genotype; configs: "
+                                         "flagfile names for --flagfile (from any folder).")
+    listing.add_argument("what", choices=("zoo", "configs"))
+    listing.set_defaults(handler=cmd_list)
+
     export = sub.add_parser("export", help="export a genotype to .keras, SavedModel and ONNX",
                             description="Export and check parity (max abs diff <= 1e-4).")
     export.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
@@ -192,6 +198,16 @@ def build_parser():
                                                    "the genotype)")
     export.set_defaults(handler=cmd_export)
     return parser
+
+
+def cmd_list(args):
+    from tfnas.resources import find_resource, list_resources
+    for name in list_resources(args.what):
+        with open(find_resource(args.what, name)) as f:
+            head = f.readline().strip() if args.what == "configs" else ""
+        first = head.lstrip("# ") if head.startswith("#") else ""
+        print(f"{name:44s} {first}".rstrip())
+    return 0
 
 
 def cmd_select(args):
@@ -328,11 +344,15 @@ def _read_flagfile(path, seen=()):
     --flagfile lines expanded)."""
     if path in seen:
         raise UsageError(f"--flagfile={path} includes itself")
+    if not os.path.exists(path):  # a shipped flagfile by name: paper/table2_darts_pt
+        from tfnas.resources import find_resource
+        path = find_resource("configs", path) or path
     try:
         with open(path) as f:
             lines = [ln.strip() for ln in f]
     except OSError as e:
-        raise UsageError(f"--flagfile={path}: {e.strerror}") from None
+        raise UsageError(f"--flagfile={path}: {e.strerror} (`tfnas list configs` shows the "
+                         f"shipped flagfiles)") from None
     out = []
     for number, ln in enumerate(lines, 1):
         if not ln or ln.startswith("#") or ln.startswith("//"):
@@ -407,6 +427,9 @@ def main(argv=None):
         print("tfnas: interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tfnas list configs | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as e:  # a disk that filled up or went read-only while running
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"tfnas: error: {e.strerror or e}{where}; what was written before is intact: "

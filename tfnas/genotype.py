@@ -250,17 +250,13 @@ class Genotype:
         return {(e.node, e.input): e.op for e in self.cells[cell_type]["edges"]}
 
 
-ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export")
-
-
 def resolve_genotype_path(name_or_path):
-    """A path, or a zoo name ("darts_v2") resolved to `export/<name>.json`."""
+    """A path, or a zoo name ("darts_v2") resolved to the shipped `<name>.json`."""
+    from tfnas.resources import find_resource, list_resources
     if os.path.exists(name_or_path) or os.sep in name_or_path or name_or_path.endswith(".json"):
         return name_or_path
-    candidate = os.path.join(ZOO_DIR, name_or_path + ".json")
-    if os.path.exists(candidate):
+    candidate = find_resource("zoo", name_or_path)
+    if candidate:
         return candidate
-    zoo = sorted(f[:-5] for f in os.listdir(ZOO_DIR) if f.endswith(".json")) \
-        if os.path.isdir(ZOO_DIR) else []
     raise GenotypeError(f"genotype {name_or_path!r} is neither a file nor a zoo name; "
-                        f"zoo: {', '.join(zoo) or '(empty)'}")
+                        f"zoo: {', '.join(list_resources('zoo')) or '(empty)'}")
