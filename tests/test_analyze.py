@@ -61,6 +61,10 @@ def test_strength_one_edge_resumes_without_redoing_finished_ops(searched, tmp_pa
 def test_analyze_errors(searched, tmp_path, capsys):
     assert main(["analyze", "strength", f"--workdir={tmp_path / 'nothing'}",
                  "--edges=normal:1"]) == 2
+    assert "nothing does not exist" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert main(["analyze", "strength", f"--workdir={tmp_path / 'nothing'}",
+                 "--edges=normal:1"]) == 2
     assert "holds no finished search" in capsys.readouterr().err
     assert main(["analyze", "strength", f"--workdir={searched}", "--edges=normal:99"]) == 2
     assert "out of range (0..4)" in capsys.readouterr().err
@@ -73,7 +77,7 @@ def test_analyze_errors(searched, tmp_path, capsys):
 
 
 def test_shuffle_swaps_edge_weights_and_restores_them(searched, tmp_path, monkeypatch):
-    from tfnas.selection.pt import load_search
+    from tfnas.selection.run import load_search
     loop = load_search(searched, log=lambda s: None)
     cells = loop.model.cells
     original = [[[v.numpy().copy() for v in e.weights] for e in c.edges] for c in cells]

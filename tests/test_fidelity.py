@@ -126,7 +126,7 @@ def _genotype():
 # 3. PT tuning starts from a fresh weight optimizer ---------------------------------------
 def test_selection_resets_the_weight_momentum(searched, tmp_path):
     from tfnas.selection import PerturbationSelector, SelectConfig
-    from tfnas.selection.pt import load_search
+    from tfnas.selection.run import load_search
     wd = str(tmp_path / "s")
     shutil.copytree(searched, wd)
     loop = load_search(wd, log=lambda s: None)
@@ -181,7 +181,7 @@ def nb201_searched(tmp_path_factory):
 
 
 def test_shuffle_works_on_an_nb201_supernet(nb201_searched):
-    from tfnas.selection.pt import load_search
+    from tfnas.selection.run import load_search
     loop = load_search(nb201_searched, log=lambda s: None)
     before = [v.numpy().copy() for v in loop.model.variables]
     res = analyze.shuffle_supernet(loop, trials=2, seed=0, log=lambda s: None)

@@ -14,7 +14,7 @@ from tfnas.benchmarks import Benchmark, BenchmarkError
 from tfnas.cli import main
 from tfnas.io import read_jsonl
 from tfnas.search import SearchLoop, run_search
-from tfnas.search.components import sgas_scores
+from tfnas.derive import sgas_scores
 from tfnas.spaces import get_space
 
 
@@ -133,7 +133,8 @@ def test_sgas_decides_on_schedule_in_score_order_and_never_revisits(tmp_path):
     # selection after SGAS keeps its decisions: magnitude = genotype_magnitude.json, and PT
     # leaves the decided edges alone
     from tfnas.genotype import Genotype
-    from tfnas.selection.pt import SelectConfig, run_select
+    from tfnas.selection.pt import SelectConfig
+    from tfnas.selection.run import run_select
     mag = run_select(wd, SelectConfig(selector="magnitude"), log=lambda s: None)
     assert mag.to_json()["cells"] == Genotype.load(
         os.path.join(wd, "genotype_magnitude.json")).to_json()["cells"]

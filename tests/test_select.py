@@ -10,7 +10,9 @@ from helpers import tiny_config
 from tfnas.cli import main
 from tfnas.genotype import Genotype
 from tfnas.io import read_jsonl
-from tfnas.selection.pt import SelectConfig, decision_events, run_select
+from tfnas.derive import decision_events
+from tfnas.selection.pt import SelectConfig
+from tfnas.selection.run import run_select
 from tfnas.spaces import get_space
 
 
@@ -75,6 +77,9 @@ def test_cli_select_magnitude_and_errors(searched, tmp_path, capsys):
     assert g.to_json()["cells"] == mag.to_json()["cells"]
     capsys.readouterr()
     assert main(["select", f"--workdir={tmp_path / 'empty'}"]) == 2
+    assert "empty does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["select", f"--workdir={tmp_path / 'empty'}"]) == 2
     assert "holds no finished search" in capsys.readouterr().err
     assert main(["select", f"--workdir={wd}", "--selector=best"]) == 2
 
@@ -85,7 +90,7 @@ def test_tfnas_select_runs_the_oracle_and_matches_the_plain_selector(searched, t
     import keras_tuner as kt
     from tfnas.selection import (GenotypeHyperModel, PerturbationOracle, PerturbationSelector,
                                  genotype_from_values)
-    from tfnas.selection.pt import load_search
+    from tfnas.selection.run import load_search
 
     cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=2)
     wd = str(tmp_path / "tuner")
@@ -165,7 +170,7 @@ def test_planted_case_pt_and_magnitude_disagree(planted, tmp_path):
     largest alpha; skip_connect carries every bit of signal. Magnitude keeps sep_conv, PT
     keeps skip_connect, and the recorded scores say why."""
     from tfnas.selection import PerturbationSelector
-    from tfnas.selection.magnitude import magnitude_genotype
+    from tfnas.derive import magnitude_genotype
     loop, edge = planted, 1
     arch = loop.model.arch("normal")
     alpha = arch.alpha.numpy()
@@ -217,7 +222,7 @@ def test_pt_mag_end_to_end_keeps_decided_edges_fixed(searched, tmp_path):
     import shutil
 
     import tensorflow as tf
-    from tfnas.selection.pt import load_search
+    from tfnas.selection.run import load_search
     wd = str(tmp_path / "mag")
     shutil.copytree(searched, wd)
     g = run_select(wd, SelectConfig(selector="pt_mag", tune_epochs_per_decision=1,

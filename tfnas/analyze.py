@@ -22,6 +22,9 @@ import scipy.stats
 
 from tfnas.errors import ConfigError, WorkdirError
 from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, remove_stale_temps
+from tfnas.selection.pt import tune_supernet
+from tfnas.selection.run import load_search
+from tfnas.spaces import get_space
 
 KINDS = ("strength", "shuffle", "skip_gap")
 
@@ -110,8 +113,8 @@ def strength_targets(space, edges="", random_edges=0, seed=0, ops=""):
             if o not in names:
                 raise ConfigError(f"--ops: {o!r} is not on {ctype} edge {e} "
                                   f"(its ops: {', '.join(names)})")
-        idx = [k for k, o in enumerate(names) if (o in wanted if wanted else
-                                                  not (o == "none" and space.family == "darts"))]
+        idx = [k for k, o in enumerate(names) if o in wanted] if wanted else \
+            space.candidates(ctype, e)
         out.append((ctype, e, idx))
     return out
 
@@ -123,7 +126,6 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
     Each (edge, op) result is appended to analysis/strength.jsonl as soon as it finishes; a
     rerun skips those. Returns the summary dict also written to analysis/strength.json.
     """
-    from tfnas.selection.pt import load_search, tune_supernet
     loop = load_search(workdir, log=log)
     space = loop.space
     targets = strength_targets(space, edges, random_edges, seed, ops)
@@ -370,7 +372,6 @@ def shuffle_baselines(data, epochs=5, trials=5, seed=0, log=print):
 
 
 def run_shuffle(workdir, trials=5, seed=0, baselines=False, baseline_epochs=5, log=print):
-    from tfnas.selection.pt import load_search
     loop = load_search(workdir, log=log)
     result = {"supernet": shuffle_supernet(loop, trials, seed, log)}
     if baselines:
@@ -432,7 +433,6 @@ def skip_gaps(space, alpha_rows, cell_type, other=""):
 
 
 def run_skip_gap(workdir, cell_type="", other="", log=print):
-    from tfnas.spaces import get_space
     cfg_path = os.path.join(workdir, "config.json")
     alphas = read_jsonl(os.path.join(workdir, "alphas.jsonl"))
     metrics = {r["epoch"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}

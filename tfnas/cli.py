@@ -211,7 +211,8 @@ def cmd_list(args):
 
 
 def cmd_select(args):
-    from tfnas.selection.pt import SelectConfig, run_select
+    from tfnas.selection.pt import SelectConfig
+    from tfnas.selection.run import run_select
     check_folder(args.workdir, "--workdir", must_exist=True)
     config = _config_from_args(args, SelectConfig).validate()
     run_select(args.workdir, config, args.overwrite)

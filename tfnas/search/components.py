@@ -12,14 +12,14 @@ softmax). Decided and removed edges always override the probabilities (ArchParam
 so a perturbation never touches a decided edge. Methods are entries here, not forked loops.
 """
 
-import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tfnas.derive.perturbation import decide_op
+from tfnas.derive.sgas import sgas_scores
 from tfnas.io import append_jsonl, read_jsonl
-
 from tfnas.registry import Registry
 
 ARCH_UPDATES = Registry("architecture update")
@@ -97,48 +97,6 @@ class Frozen:
 
 
 # --- SGAS -----------------------------------------------------------------------------------
-def _minmax(v):
-    """SGAS's normalisation to [0, 1]; a constant vector (e.g. edge importance in a space
-    without 'none') becomes all ones, so it does not zero the product of criteria."""
-    v = np.asarray(v, np.float64)
-    span = v.max() - v.min()
-    return (v - v.min()) / span if span > 0 else np.ones_like(v)
-
-
-def _non_none(space, ctype, probs):
-    """Per edge: (mass on non-'none' ops, renormalised distribution over them)."""
-    out = []
-    for e, ops in enumerate(space.cells[ctype].ops):
-        keep = [k for k, op in enumerate(ops) if op != "none"]
-        p = np.asarray(probs[e], np.float64)[keep]
-        out.append((p.sum(), p / max(p.sum(), 1e-12)))
-    return out
-
-
-def sgas_scores(space, ctype, probs, history=(), criterion=1, window=4):
-    """SGAS edge scores (Li et al. 2020; REFERENCE 4.7) of every edge of `ctype`.
-
-    Criterion 1: normalize(importance) x normalize(certainty), importance = softmax mass on
-    the non-'none' ops, certainty = 1 - entropy(renormalised non-'none' ops) / log(#ops).
-    Criterion 2 multiplies in normalize(stability): the mean histogram intersection of the
-    current distribution with those of the last `window` epochs (`history`, oldest first).
-    """
-    cur = _non_none(space, ctype, probs)
-    imp = np.array([m for m, _ in cur])
-    cert = []
-    for _, p in cur:
-        n = len(p)
-        ent = -np.sum(p * np.log(np.clip(p, 1e-12, None)))
-        cert.append(1.0 - ent / math.log(n) if n > 1 else 1.0)
-    score = _minmax(imp) * _minmax(cert)
-    if criterion == 2:
-        past = [_non_none(space, ctype, h) for h in list(history)[-window:]]
-        stab = np.array([np.mean([np.minimum(p, old[e][1]).sum() for old in past])
-                         if past else 1.0 for e, (_, p) in enumerate(cur)])
-        score = score * _minmax(stab)
-    return score
-
-
 class SGAS(FirstOrder):
     """SGAS: first-order DARTS plus greedy edge decisions during the search.
 
@@ -151,7 +109,6 @@ class SGAS(FirstOrder):
 
     def setup(self, loop):
         self.history = None  # softmaxed alphas per finished epoch (criterion 2)
-        self.selector = None
 
     def _load_history(self, loop, epoch):
         rows = read_jsonl(os.path.join(loop.workdir, "alphas.jsonl"))
@@ -184,12 +141,12 @@ class SGAS(FirstOrder):
         scores = sgas_scores(space, ctype, soft[ctype], hist, loop.config.sgas_criterion)
         edge = max(cand, key=lambda e: (scores[e], -e))
         ops = cspace.ops[edge]
-        if loop.config.sgas_op == "pt":
-            row = self._pt_selector(loop).decide_op(ctype, edge)
+        if loop.config.sgas_op == "pt":  # SGAS+PT: the same edge, the op by perturbation
+            row = decide_op(arch, space, ctype, edge, lambda: loop.evaluate(
+                loop.config.sgas_pt_batches, batch_stats=True))
             op, pt_scores = row["choice"], row["scores"]
         else:
-            keep = [k for k, o in enumerate(ops) if o != "none"]
-            k = max(keep, key=lambda k: (soft[ctype][edge][k], -k))
+            k = max(space.candidates(ctype, edge), key=lambda k: (soft[ctype][edge][k], -k))
             arch.fix_edge(edge, k)
             op, pt_scores = ops[k], {}
         node, inp = cspace.edges[edge]
@@ -205,14 +162,6 @@ class SGAS(FirstOrder):
                 "op": op, "score": float(scores[edge]),
                 "scores": {str(e): float(scores[e]) for e in cand},
                 "pt_scores": pt_scores, "pruned_inputs": pruned}
-
-    def _pt_selector(self, loop):
-        if self.selector is None:
-            from tfnas.selection.pt import PerturbationSelector, SelectConfig
-            cfg = SelectConfig(selector="pt", score_batches=loop.config.sgas_pt_batches)
-            self.selector = PerturbationSelector(loop, cfg, os.path.join(loop.workdir, "sgas"),
-                                                 log=loop.log)
-        return self.selector
 
 
 # --- alpha perturbations (SDARTS) -----------------------------------------------------------

@@ -24,7 +24,7 @@ from tfnas.io import (append_jsonl, atomic_write_json, check_folder, fmt_time,
                       remove_stale_temps, truncate_jsonl)
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.optim import MomentumSGD
-from tfnas.selection import magnitude_genotype
+from tfnas.derive import magnitude_genotype
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 

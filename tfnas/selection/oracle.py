@@ -19,7 +19,7 @@ import keras
 import keras_tuner as kt
 
 from tfnas.genotype import Edge, Genotype
-from tfnas.selection.pt import decision_events
+from tfnas.derive import decision_events
 from tfnas.spaces import get_space
 
 OBJECTIVE = "supernet_acc"
@@ -34,8 +34,8 @@ def node_label(ctype, node):
 
 
 def _op_choices(space, ctype, e):
-    ops = list(space.cells[ctype].ops[e])
-    return [o for o in ops if o != "none"] if space.family == "darts" else ops
+    ops = space.cells[ctype].ops[e]
+    return [ops[k] for k in space.candidates(ctype, e)]
 
 
 def declare_space(hp, space):

@@ -22,14 +22,11 @@ import dataclasses
 import os
 import time
 
-import numpy as np
 
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
-from tfnas.errors import WorkdirError
-from tfnas.io import (append_jsonl, atomic_write_json, fmt_time, read_jsonl,
-                      remove_stale_temps, truncate_jsonl)
-from tfnas.selection.magnitude import magnitude_genotype
+from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
+from tfnas.derive import decide_op, decide_topology, decision_events, magnitude_genotype
 
 SELECTORS = ("pt", "pt_mag", "magnitude")
 
@@ -103,24 +100,6 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
     return records, best
 
 
-def decision_events(space, seed):
-    """The reference's schedule: all op decisions (random edge order per cell type), then
-    the topology decisions (random node order). Returns [(kind, {cell type: edge|node})]."""
-    rng = np.random.RandomState(seed)
-    events = []
-    orders = {t: rng.permutation(space.cells[t].num_edges).tolist() for t in space.cell_types}
-    for i in range(space.cells[space.cell_types[0]].num_edges):
-        events.append(("op", {t: orders[t][i] for t in space.cell_types}))
-    if space.family == "darts":
-        nodes = {t: [n for n in space.cells[t].nodes if len(space.cells[t].node_edges(n)) > 2]
-                 for t in space.cell_types}
-        node_orders = {t: [nodes[t][k] for k in rng.permutation(len(nodes[t]))]
-                       for t in space.cell_types}
-        for i in range(len(nodes[space.cell_types[0]])):
-            events.append(("topology", {t: node_orders[t][i] for t in space.cell_types}))
-    return events
-
-
 class PerturbationSelector:
     """Runs a selector on a SearchLoop whose supernet holds the trained search state.
 
@@ -146,71 +125,13 @@ class PerturbationSelector:
         """The supernet's (loss, accuracy) on the alpha split under the current masks."""
         return self.loop.evaluate(self.config.score_batches, self.config.bn_batch_stats)
 
-    def _better(self, new, best):
-        """Is `new` (loss, acc) a stronger signal of importance than `best`?"""
-        if best is None:
-            return True
-        return new[1] < best[1] if self.config.crit == "acc" else new[0] > best[0]
-
     def decide_op(self, ctype, edge):
-        arch = self.loop.model.arch(ctype)
-        ops = self.space.cells[ctype].ops[edge]
-        alphas = np.asarray(arch.softmax())[edge, :len(ops)]
-        # DARTS-family genotypes never keep 'none' (the reference would emit another op
-        # silently, REFERENCE 4.3); NB201 may keep it.
-        candidates = [k for k, op in enumerate(ops)
-                      if not (op == "none" and self.space.family == "darts")]
-        before = self.score()
-        scores, best, choice = {}, None, None
-        node, inp = self.space.cells[ctype].edges[edge]
-        decided, live = arch.decided()[edge], arch.live()[edge]
-        if decided or not live:
-            # decided or removed before selection (e.g. by SGAS during the search): kept as is
-            kept = int(np.argmax(arch.fixed_w.numpy()[edge])) if decided else None
-            return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
-                    "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": {},
-                    "acc_before": before[1], "acc_after": before[1],
-                    "choice": ops[kept] if kept is not None else None,
-                    "decided_before": True}
-        if self.config.selector == "pt_mag":
-            choice = max(candidates, key=lambda k: alphas[k])
-        else:
-            for k in candidates:
-                op = ops[k]
-                arch.mask_op(edge, k)
-                s = self.score()
-                arch.reset_op_mask()
-                scores[op] = {"loss": s[0], "acc": s[1]}
-                if self._better(s, best):  # strict: ties keep the earlier op
-                    best, choice = s, k
-        arch.fix_edge(edge, choice)
-        return {"kind": "op", "cell": ctype, "edge": edge, "node": node, "input": inp,
-                "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": scores,
-                "acc_before": before[1], "acc_after": self.score()[1], "choice": ops[choice]}
+        return decide_op(self.loop.model.arch(ctype), self.space, ctype, edge, self.score,
+                         crit=self.config.crit, by_alpha=self.config.selector == "pt_mag")
 
     def decide_topology(self, ctype, node):
-        arch = self.loop.model.arch(ctype)
-        cspace = self.space.cells[ctype]
-        live = arch.live()
-        eids = [e for e in cspace.node_edges(node) if live[e]]
-        before = self.score()
-        rounds = []
-        while len(eids) > 2:
-            results = {}
-            for e in eids:
-                arch.remove_edge(e)
-                results[e] = self.score()
-                arch.remove_edge(e, removed=False)
-            # remove the edge whose absence leaves accuracy highest (ties: the later edge)
-            worst = max(eids, key=lambda e: (results[e][1] if self.config.crit == "acc"
-                                             else -results[e][0], e))
-            arch.remove_edge(worst)
-            eids.remove(worst)
-            rounds.append({"scores": {str(e): {"loss": r[0], "acc": r[1]}
-                                      for e, r in results.items()}, "removed": worst})
-        return {"kind": "topology", "cell": ctype, "node": node,
-                "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
-                "acc_before": before[1], "acc_after": self.score()[1]}
+        return decide_topology(self.loop.model.arch(ctype), self.space, ctype, node,
+                               self.score, crit=self.config.crit)
 
     def tune_after(self, i):
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
@@ -295,66 +216,3 @@ class PerturbationSelector:
             return (f"{head} edge {row['input']}->{row['node']}: {row['choice']}"
                     + (f" (acc without each op: {scores})" if scores else " (by alpha)"))
         return f"{head} node {row['node']}: keeps inputs {row['kept_inputs']}"
-
-
-def load_search(workdir, log=print, strategy=None):
-    """A SearchLoop holding the last checkpoint of the finished search in `workdir`.
-
-    Raises:
-        WorkdirError: no finished search there.
-    """
-    import json
-
-    import tensorflow as tf
-    from tfnas.config import SearchConfig
-    from tfnas.search import SearchLoop
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(os.path.join(workdir, "genotype_magnitude.json")) or \
-            not os.path.exists(cfg_path):
-        raise WorkdirError(f"{workdir} holds no finished search (no config.json / "
-                           f"genotype_magnitude.json); run `tfnas search --workdir={workdir}` "
-                           f"first")
-    with open(cfg_path) as f:
-        search_config = SearchConfig.from_json(json.load(f))
-    loop = SearchLoop(search_config, workdir, strategy or tf.distribute.get_strategy(),
-                      log=log)
-    if loop.checkpointer.restore_latest() is None:
-        raise WorkdirError(f"{workdir} has no search checkpoint to select from")
-    return loop
-
-
-def run_select(workdir, config, overwrite=False, strategy=None, log=print):
-    """Selects an architecture from the finished search in `workdir`; writes
-    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints,
-    tuner/}). PT and PT-Mag run as KerasTuner trials of a `PerturbationOracle` (one trial per
-    decision event); re-running resumes from the KerasTuner project and the selector's
-    checkpoint of the last finished event."""
-    import json
-    import shutil
-    config.validate()
-    loop = load_search(workdir, log, strategy)
-    folder = os.path.join(workdir, "selection")
-    sel_cfg = os.path.join(folder, "config.json")
-    if os.path.exists(sel_cfg) and not overwrite:
-        with open(sel_cfg) as f:
-            if json.load(f) != config.to_json():
-                raise WorkdirError(f"{folder} holds a selection with a different config; pass "
-                                   f"--overwrite to start it again")
-    if overwrite:
-        for path in (folder, os.path.join(workdir, "tb", "selection")):
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temps(folder)
-    atomic_write_json(sel_cfg, config.to_json())
-    if config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
-        # the mixing weights: decisions made during the search (SGAS) count
-        genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
-    else:
-        from tfnas.selection.oracle import select_with_oracle
-        genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log), folder)
-    if loop.benchmark is not None:  # the search's --benchmark_table (NAS-Bench-201)
-        genotype.meta["benchmark"] = loop.benchmark.query_genotype(genotype)
-        log("benchmark: " + ", ".join(f"{k} {v}" for k, v in genotype.meta["benchmark"].items()))
-    genotype.save(os.path.join(workdir, "genotype.json"))
-    return genotype

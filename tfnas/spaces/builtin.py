@@ -1,6 +1,6 @@
 """The built-in spaces: DARTS (7 and 8 ops), RobustDARTS S1-S4, NAS-Bench-201."""
 
-from tfnas.spaces import SPACES, make_space
+from tfnas.spaces.base import SPACES, make_space
 
 DARTS_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
              "dil_conv_3x3", "dil_conv_5x5")

@@ -30,7 +30,7 @@ def magnitude_genotype(space, weights, meta=None):
                              f"{cspace.num_edges} edges")
         best = []  # per edge: (op index, weight) of the best eligible op
         for e, ops in enumerate(cspace.ops):
-            cand = [k for k, op in enumerate(ops) if space.family == "nb201" or op != "none"]
+            cand = space.candidates(ctype, e)
             k = max(cand, key=lambda k: (w[e, k], -k))  # ties -> earlier op
             best.append((k, w[e, k]))
         edges = []

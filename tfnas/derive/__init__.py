@@ -1,0 +1,17 @@
+"""Deriving an architecture from a supernet: pure primitives and the library call.
+
+Imports flow one way: `ops` -> `spaces` -> `supernet` -> `derive` -> `search` -> `selection`.
+This layer knows supernets and spaces only; it takes an `evaluate()` callable instead of a
+search loop, so the search (SGAS+PT), `tfnas select` and a user's own Keras supernet all use
+the same code.
+"""
+
+from tfnas.derive.magnitude import magnitude_genotype
+from tfnas.derive.perturbation import (choose_op, decide_op, decide_topology, decision_events,
+                                       score_ops, stronger)
+from tfnas.derive.sgas import sgas_scores
+from tfnas.derive.api import make_evaluate, make_tune, select  # noqa: I100 (needs the above)
+
+__all__ = ["magnitude_genotype", "choose_op", "decide_op", "decide_topology",
+           "decision_events", "score_ops", "stronger", "sgas_scores", "select",
+           "make_evaluate", "make_tune"]

@@ -1,0 +1,117 @@
+"""PT as a library call on any supernet of this package and any `tf.data` pipeline.
+
+    genotype = tfnas.derive.select(supernet, valid_ds, tune=train_ds, selector="pt")
+
+No run directory, no search loop: the supernet's own weights and alphas are the trained
+state (they are changed in place: edges end up decided), `valid_ds` scores the ops, and
+`tune` (optional) fine-tunes between decisions. `tfnas select` runs the same primitives
+(`tfnas.derive.perturbation`) with checkpoints, resume, KerasTuner and TensorBoard around
+them.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas.derive.magnitude import magnitude_genotype
+from tfnas.derive.perturbation import decide_op, decide_topology, decision_events
+from tfnas.errors import UsageError
+
+SELECTORS = ("pt", "pt_mag", "magnitude")
+
+
+def make_evaluate(supernet, dataset, bn_batch_stats=True):
+    """A callable -> (mean loss, accuracy) of `supernet` over `dataset` ((images, labels)
+    batches) under its current masks; BN uses batch statistics when `bn_batch_stats` (as the
+    reference's PT scoring). One traced function serves every call."""
+    @tf.function
+    def batch_stats(x, y):
+        logits = supernet(x, training=bn_batch_stats)
+        loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int64),
+                                tf.cast(y, tf.int64)), tf.float32)
+        return tf.reduce_sum(loss), tf.reduce_sum(hits), tf.cast(tf.size(loss), tf.float32)
+
+    def evaluate():
+        total = np.zeros(3)
+        for x, y in dataset:
+            total += [float(v) for v in batch_stats(x, y)]
+        if not total[2]:
+            raise UsageError("select: the validation dataset yielded no examples")
+        return total[0] / total[2], total[1] / total[2]
+    return evaluate
+
+
+def make_tune(supernet, dataset, steps, lr=0.0025, momentum=0.9):
+    """A callable(event) that trains the supernet's weights (not its alphas) for `steps`
+    batches of `dataset` with SGD at the constant rate `lr` (the reference's tuning rate)."""
+    opt = keras.optimizers.SGD(lr, momentum=momentum)
+    weights = supernet.weight_variables
+    opt.build(weights)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = supernet(x, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        opt.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss
+
+    def tune(event):
+        for x, y in dataset.repeat().take(steps):
+            step(x, y)
+    return tune
+
+
+def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_lr=0.0025,
+           crit="acc", seed=0, bn_batch_stats=True, log=None):
+    """Derives an architecture from a trained supernet by perturbation (paper Algorithm 1).
+
+    Args:
+        supernet: a supernet of this package (`tfnas.supernet.build_supernet` or any model
+            built from its `ArchParameters` / `MixedOp` that has `space`, `arch(cell_type)`
+            and `weight_variables`); its selection state is changed in place.
+        valid_data: a `tf.data.Dataset` of (images, labels) batches that scores each op.
+        selector: "pt", "pt_mag" (decided by alpha, with the same tuning) or "magnitude".
+        tune: None (no tuning), a `tf.data.Dataset` of (images, labels) batches to train the
+            weights on for `tune_steps` batches after each decision event, or a callable
+            `tune(event_index)`.
+        crit: "acc" (keep the op whose removal lowers accuracy most) or "loss".
+        seed: the edge order (the reference draws it from its seed).
+        bn_batch_stats: BN with batch statistics while scoring (the reference's default).
+        log: optional callable taking one line per decision.
+    Returns:
+        The Genotype; `genotype.meta["decisions"]` holds every decision row.
+    Raises:
+        UsageError: an unknown selector or criterion, or an empty dataset.
+    """
+    if selector not in SELECTORS:
+        raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
+                         f"{', '.join(SELECTORS)}")
+    if crit not in ("acc", "loss"):
+        raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
+    space = supernet.space
+    if selector == "magnitude":
+        return magnitude_genotype(space, supernet.arch_weights_numpy(), meta={"selector":
+                                                                              "magnitude"})
+    evaluate = make_evaluate(supernet, valid_data, bn_batch_stats)
+    if isinstance(tune, tf.data.Dataset):
+        tune = make_tune(supernet, tune, tune_steps, tune_lr)
+    rows = []
+    for i, (kind, targets) in enumerate(decision_events(space, seed)):
+        for ctype, target in targets.items():
+            arch = supernet.arch(ctype)
+            row = (decide_op(arch, space, ctype, target, evaluate, crit,
+                             by_alpha=selector == "pt_mag") if kind == "op"
+                   else decide_topology(arch, space, ctype, target, evaluate, crit))
+            rows.append(dict(row, event=i))
+            if log:
+                what = row.get("choice") if kind == "op" else row["kept_inputs"]
+                log(f"decision {i + 1}: {ctype} {kind} {target} -> {what}")
+        if tune is not None:
+            tune(i)
+    genotype = magnitude_genotype(space, supernet.arch_weights_numpy(),
+                                  meta={"crit": crit, "seed": seed, "decisions": rows})
+    genotype.meta["selector"] = selector  # the decided supernet's genotype, by `selector`
+    return genotype

@@ -1,0 +1,129 @@
+"""The PT primitives (paper Algorithm 1; REFERENCE 4.3-4.4), free of files and schedules.
+
+Each acts on one `ArchParameters` (a cell type's alpha and selection state) and an
+`evaluate()` callable returning the supernet's (loss, accuracy) on validation data under the
+current masks. They are what `tfnas select`, SGAS+PT during the search and the library call
+`tfnas.derive.select` share.
+"""
+
+import numpy as np
+
+
+def stronger(new, best, crit="acc"):
+    """Is `new` (loss, acc) a stronger sign of importance than `best` (None: nothing yet)?
+    `acc`: a lower accuracy without the op; `loss`: a higher loss. Strict, so ties keep the
+    earlier op, as the reference."""
+    if best is None:
+        return True
+    return new[1] < best[1] if crit == "acc" else new[0] > best[0]
+
+
+def score_ops(arch, edge, candidates, evaluate):
+    """{op index: (loss, acc)} of the supernet with each candidate op of `edge` masked out
+    (the others keep their weights: no renormalisation, as the reference)."""
+    scores = {}
+    for k in candidates:
+        arch.mask_op(edge, k)
+        try:
+            scores[k] = tuple(evaluate())
+        finally:
+            arch.reset_op_mask()
+    return scores
+
+
+def choose_op(scores, crit="acc"):
+    """The op whose removal hurts most (iteration order breaks ties: the earlier op)."""
+    best, choice = None, None
+    for k, s in scores.items():
+        if stronger(s, best, crit):
+            best, choice = s, k
+    return choice
+
+
+def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False):
+    """Scores `edge`, fixes it to the chosen op and returns the decision row.
+
+    Args:
+        arch: the ArchParameters of `cell_type`.
+        space: the SearchSpace (its `candidates` owns which ops may be kept).
+        evaluate: callable -> (loss, acc) under the current masks.
+        crit: "acc" or "loss".
+        by_alpha: keep the op with the largest softmaxed alpha instead (PT-Mag).
+    Returns:
+        {"kind": "op", "cell", "edge", "node", "input", "alphas", "scores", "acc_before",
+         "acc_after", "choice"} (+ "decided_before" for an edge decided or removed earlier,
+         which is left as it is).
+    """
+    ops = space.cells[cell_type].ops[edge]
+    node, inp = space.cells[cell_type].edges[edge]
+    alphas = np.asarray(arch.softmax())[edge, :len(ops)]
+    before = tuple(evaluate())
+    row = {"kind": "op", "cell": cell_type, "edge": edge, "node": node, "input": inp,
+           "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": {},
+           "acc_before": before[1]}
+    decided, live = arch.decided()[edge], arch.live()[edge]
+    if decided or not live:  # e.g. by SGAS during the search: kept as it is
+        kept = int(np.argmax(arch.fixed_w.numpy()[edge])) if decided else None
+        return {**row, "acc_after": before[1], "decided_before": True,
+                "choice": ops[kept] if kept is not None else None}
+    candidates = space.candidates(cell_type, edge)
+    if by_alpha:
+        choice = max(candidates, key=lambda k: (alphas[k], -k))
+    else:
+        scores = score_ops(arch, edge, candidates, evaluate)
+        choice = choose_op(scores, crit)
+        row["scores"] = {ops[k]: {"loss": s[0], "acc": s[1]} for k, s in scores.items()}
+    arch.fix_edge(edge, choice)
+    return {**row, "acc_after": tuple(evaluate())[1], "choice": ops[choice]}
+
+
+def decide_topology(arch, space, cell_type, node, evaluate, crit="acc"):
+    """Drops input edges of `node`, one per round, until two remain: each round removes the
+    live edge whose absence leaves accuracy highest (`loss`: loss lowest; ties: the later
+    edge). Edges dropped in earlier rounds stay dropped while later rounds are scored.
+
+    Returns:
+        {"kind": "topology", "cell", "node", "kept_inputs", "rounds", "acc_before",
+         "acc_after"}.
+    """
+    cspace = space.cells[cell_type]
+    live = arch.live()
+    eids = [e for e in cspace.node_edges(node) if live[e]]
+    before = tuple(evaluate())
+    rounds = []
+    while len(eids) > 2:
+        results = {}
+        for e in eids:
+            arch.remove_edge(e)
+            try:
+                results[e] = tuple(evaluate())
+            finally:
+                arch.remove_edge(e, removed=False)
+        worst = max(eids, key=lambda e: (results[e][1] if crit == "acc" else -results[e][0],
+                                         e))
+        arch.remove_edge(worst)
+        eids.remove(worst)
+        rounds.append({"scores": {str(e): {"loss": r[0], "acc": r[1]}
+                                  for e, r in results.items()}, "removed": worst})
+    return {"kind": "topology", "cell": cell_type, "node": node,
+            "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
+            "acc_before": before[1], "acc_after": tuple(evaluate())[1]}
+
+
+def decision_events(space, seed):
+    """The reference's schedule: all op decisions (a random edge order per cell type), then
+    the topology decisions (a random node order; DARTS family). Returns
+    [(kind, {cell type: edge | node})]."""
+    rng = np.random.RandomState(seed)
+    events = []
+    orders = {t: rng.permutation(space.cells[t].num_edges).tolist() for t in space.cell_types}
+    for i in range(space.cells[space.cell_types[0]].num_edges):
+        events.append(("op", {t: orders[t][i] for t in space.cell_types}))
+    if space.family == "darts":
+        nodes = {t: [n for n in space.cells[t].nodes if len(space.cells[t].node_edges(n)) > 2]
+                 for t in space.cell_types}
+        node_orders = {t: [nodes[t][k] for k in rng.permutation(len(nodes[t]))]
+                       for t in space.cell_types}
+        for i in range(len(nodes[space.cell_types[0]])):
+            events.append(("topology", {t: node_orders[t][i] for t in space.cell_types}))
+    return events
