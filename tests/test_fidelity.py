@@ -123,6 +123,33 @@ def _genotype():
     return Genotype.load("darts_v2")
 
 
+def test_alpha_optimizer_is_torch_adam():
+    """The reference's alpha step: torch.optim.Adam(lr 3e-4, betas (0.5, 0.999), eps 1e-8)
+    on the gradient plus the coupled L2 term (added by the caller)."""
+    from tfnas.search.optim import TorchAdam
+    rng = np.random.default_rng(1)
+    a0 = rng.normal(size=(5, 3)).astype(np.float32) * 1e-3
+    grads = [rng.normal(size=(5, 3)).astype(np.float32) * 1e-4 for _ in range(4)]
+    var = tf.Variable(a0)
+    opt = TorchAdam([var], 3e-4, beta_1=0.5, beta_2=0.999)
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g), var)])
+    a, m, v = a0.astype(np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, 1):  # torch.optim.Adam's step, written out
+        m = 0.5 * m + 0.5 * g
+        v = 0.999 * v + 0.001 * g * g
+        denom = np.sqrt(v) / np.sqrt(1 - 0.999 ** t) + 1e-8
+        a = a - 3e-4 / (1 - 0.5 ** t) * m / denom
+    np.testing.assert_allclose(var.numpy(), a, rtol=1e-5, atol=1e-9)
+    # Keras's Adam differs at these gradient sizes (its eps sits before the bias correction)
+    kvar = keras.Variable(a0)
+    kopt = keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999)
+    for g in grads:
+        kopt.apply_gradients([(tf.constant(g), kvar)])
+    assert np.abs(kvar.numpy() - a).max() > 1e-7
+    assert int(opt.iterations) == 4 and len(opt.variables) == 3
+
+
 # 3. PT tuning starts from a fresh weight optimizer ---------------------------------------
 def test_selection_resets_the_weight_momentum(searched, tmp_path):
     from tfnas.selection import PerturbationSelector, SelectConfig

@@ -23,7 +23,7 @@ from tfnas.errors import TrainingError, WorkdirError
 from tfnas.io import (append_jsonl, atomic_write_json, check_folder, fmt_time,
                       remove_stale_temps, truncate_jsonl)
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
-from tfnas.search.optim import MomentumSGD
+from tfnas.search.optim import MomentumSGD, TorchAdam
 from tfnas.derive import magnitude_genotype
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
@@ -117,9 +117,8 @@ class SearchLoop:
                 self.model.set_synchronized_bn(True)
             self.alphas, self.weights = self.model.alphas, self.model.weight_variables
             self.w_opt = MomentumSGD(self.weights, config.lr, config.momentum)
-            self.a_opt = keras.optimizers.Adam(config.arch_lr, beta_1=config.arch_beta1,
-                                               beta_2=config.arch_beta2)
-            self.a_opt.build(self.alphas)
+            self.a_opt = TorchAdam(self.alphas, config.arch_lr, beta_1=config.arch_beta1,
+                                   beta_2=config.arch_beta2)
             self.metrics = {k: keras.metrics.Mean(name=k) for k in
                             ("train_loss", "alpha_loss", "valid_loss")}
             self.metrics.update({k: keras.metrics.SparseCategoricalAccuracy(name=k) for k in
