@@ -348,3 +348,42 @@ def test_unexpected_error_is_one_line_unless_asked(monkeypatch, capsys):
     monkeypatch.setenv("TFNAS_TRACEBACK", "1")
     with pytest.raises(TypeError):
         main(["search", "--workdir=x"])
+
+
+def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from tfnas.io import atomic_path
+    p = tmp_path / "plot.png"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(p)) as tmp:
+            assert tmp.endswith(".png") and os.path.basename(tmp).startswith(TMP_PREFIX)
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("the writer died")
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["plot.png"]
+
+
+def test_best_model_is_saved_atomically_and_survives_a_resume(tmp_path):
+    import keras
+    from tfnas.train import AtomicModelSave
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best, hist = tmp_path / "best.keras", tmp_path / "history.csv"
+    cb = AtomicModelSave(str(best), monitor="val_accuracy", history=str(hist))
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.on_epoch_end(0, {"val_accuracy": 0.5})
+    first = best.read_bytes()
+    model.layers[0].kernel.assign(np.ones((2, 1), np.float32))
+    cb.on_epoch_end(1, {"val_accuracy": 0.4})  # worse: not saved
+    assert best.read_bytes() == first
+    cb.on_epoch_end(2, {"val_accuracy": float("nan")})  # non-finite: never saved
+    assert best.read_bytes() == first
+    # a resumed run reads the best so far from the CSV log and keeps the better file
+    hist.write_text("epoch,val_accuracy\n0,0.5\n1,0.4\n")
+    resumed = AtomicModelSave(str(best), monitor="val_accuracy", history=str(hist))
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    resumed.on_epoch_end(2, {"val_accuracy": 0.45})
+    assert best.read_bytes() == first
+    resumed.on_epoch_end(3, {"val_accuracy": 0.6})
+    assert best.read_bytes() != first
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv"]

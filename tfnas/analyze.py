@@ -21,7 +21,8 @@ import numpy as np
 import scipy.stats
 
 from tfnas.errors import ConfigError, WorkdirError
-from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl, remove_stale_temps
+from tfnas.io import (append_jsonl, atomic_path, atomic_write_json, fmt_time, read_jsonl,
+                      remove_stale_temps)
 from tfnas.selection.pt import tune_supernet
 from tfnas.selection.run import load_search
 from tfnas.spaces import get_space
@@ -67,9 +68,8 @@ def _plt():
 
 
 def _save_png(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 # --- strength -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Guarantees (README "What is guaranteed"):
   with one sentence before any work starts.
 """
 
+import contextlib
 import glob
 import json
 import math
@@ -50,6 +51,26 @@ def atomic_write_text(path, text, mode="w"):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` (same extension) for a writer that takes a file
+    name (matplotlib, Keras); renames it onto `path` when the block succeeds, removes it
+    when it fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX + os.path.basename(path) + ".",
+                               suffix=ext)
+    os.close(fd)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

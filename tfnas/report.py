@@ -11,7 +11,7 @@ import os
 
 from tfnas.errors import WorkdirError
 from tfnas.genotype import Genotype
-from tfnas.io import read_jsonl
+from tfnas.io import atomic_path, read_jsonl, remove_stale_temps
 
 
 def _draw_cell(ax, genotype, ctype, title):
@@ -45,6 +45,11 @@ def _draw_cell(ax, genotype, ctype, title):
     ax.axis("off")
 
 
+def _savefig(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130)
+
+
 def write_report(workdir):
     """Writes WORKDIR/report/*.png; returns the paths written."""
     import matplotlib
@@ -57,6 +62,7 @@ def write_report(workdir):
                            f"run `tfnas search` (and `tfnas select`) first")
     out = os.path.join(workdir, "report")
     os.makedirs(out, exist_ok=True)
+    remove_stale_temps(out)
     written = []
     ctypes = found[0][1].space_obj.cell_types
     fig, axes = plt.subplots(len(ctypes), len(found), figsize=(6 * len(found),
@@ -68,7 +74,7 @@ def write_report(workdir):
             _draw_cell(axes[row][col], g, ctype, f"{os.path.basename(p)} ({label}): {ctype}")
     fig.tight_layout()
     written.append(os.path.join(out, "cells.png"))
-    fig.savefig(written[-1], dpi=130)
+    _savefig(fig, written[-1])
     plt.close(fig)
 
     rows = read_jsonl(os.path.join(workdir, "selection", "scores.jsonl"))
@@ -100,7 +106,7 @@ def write_report(workdir):
                    loc="lower center", ncol=2, fontsize=8)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
         written.append(os.path.join(out, "alpha_vs_pt.png"))
-        fig.savefig(written[-1], dpi=130)
+        _savefig(fig, written[-1])
         plt.close(fig)
     if rows:
         fig, ax = plt.subplots(figsize=(6, 3))
@@ -111,6 +117,6 @@ def write_report(workdir):
         ax.set_title("supernet accuracy during selection")
         fig.tight_layout()
         written.append(os.path.join(out, "selection.png"))
-        fig.savefig(written[-1], dpi=130)
+        _savefig(fig, written[-1])
         plt.close(fig)
     return written

@@ -7,7 +7,7 @@ import os
 import keras
 
 from tfnas.errors import TrainingError, WorkdirError
-from tfnas.io import atomic_write_json, check_folder, dumps, remove_stale_temps
+from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove_stale_temps
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -90,10 +90,9 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(out, "model.keras")),
-        keras.callbacks.ModelCheckpoint(os.path.join(out, "best.keras"), monitor=monitor,
-                                        mode="min" if monitor == "loss" else "max",
-                                        save_best_only=True),
+        AtomicModelSave(os.path.join(out, "model.keras")),
+        AtomicModelSave(os.path.join(out, "best.keras"), monitor=monitor,
+                        history=os.path.join(out, "history.csv")),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
     ] + list(extra_callbacks)
@@ -122,3 +121,40 @@ class FiniteGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, f"in epoch {epoch + 1}")
+
+
+class AtomicModelSave(keras.callbacks.Callback):
+    """Saves the model to `path` at the end of every epoch (or, with `monitor`, when the
+    monitored value improved), through a temp file and a rename: a kill never leaves a
+    truncated `.keras` file. The best value so far is read back from `history` (the
+    CSVLogger file) on resume, so a resumed run does not overwrite a better `best.keras`."""
+
+    def __init__(self, path, monitor=None, history=None):
+        super().__init__()
+        self.path, self.monitor, self.history = path, monitor, history
+        self.lower_is_better = bool(monitor) and "loss" in monitor
+        self.best = None
+
+    def on_train_begin(self, logs=None):
+        if self.monitor and self.history and os.path.exists(self.path) and \
+                os.path.exists(self.history):
+            import csv
+            with open(self.history) as f:
+                values = [float(r[self.monitor]) for r in csv.DictReader(f)
+                          if r.get(self.monitor) not in (None, "")]
+            values = [v for v in values if math.isfinite(v)]
+            if values:
+                self.best = min(values) if self.lower_is_better else max(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor:
+            value = (logs or {}).get(self.monitor)
+            if value is None or not math.isfinite(float(value)):
+                return
+            value = float(value)
+            if self.best is not None and (value >= self.best if self.lower_is_better
+                                          else value <= self.best):
+                return
+            self.best = value
+        with atomic_path(self.path) as tmp:
+            self.model.save(tmp)
