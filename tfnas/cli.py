@@ -481,23 +481,30 @@ def lost_peer_message(e):
 
 
 def _quiet_tensorflow_import():
-    """Imports TensorFlow with its C++ start-up banner (written straight to fd 2 before any
-    log setting applies) sent to a temporary file; shown only if the import fails."""
+    """Imports TensorFlow and looks for GPUs with fd 2 sent to a temporary file: TF's C++
+    start-up banner (written before any log setting applies) is dropped, and so is the
+    `failed call to cuInit` error that the GPU-capable wheel logs on a machine without an
+    NVIDIA driver. Anything logged is shown if the import fails, or if the machine has an
+    NVIDIA device (then a GPU problem must be seen)."""
     import tempfile
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
+        show = False
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow
+            tensorflow.config.list_physical_devices("GPU")  # initialises CUDA (or fails)
+            show = os.path.exists("/dev/nvidiactl")
         except BaseException:
-            os.dup2(saved, 2)
-            tmp.seek(0)
-            sys.stderr.write(tmp.read().decode(errors="replace"))
+            show = True
             raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if show:
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode(errors="replace"))
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
