@@ -41,21 +41,27 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes(tmp_path):
+def _start_workers(tmp_path, epochs, prefix):
+    """Two `tfnas search --strategy=multi_worker` processes on 127.0.0.1 (a tiny space);
+    worker i writes (if chief) to tmp_path/<prefix><i>."""
     space = write_tiny_space(str(tmp_path))
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
     for i in range(2):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
-                f"--workdir={tmp_path / f'run_worker{i}'}", f"--space={space}", "--channels=4",
-                "--layers=3", "--epochs=2", "--batch_size=32", "--steps_per_epoch=3",
+                f"--workdir={tmp_path / f'{prefix}{i}'}", f"--space={space}", "--channels=4",
+                "--layers=3", f"--epochs={epochs}", "--batch_size=32", "--steps_per_epoch=3",
                 "--limit_examples=300", "--seed=5"]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
+    return procs
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(tmp_path):
+    procs = _start_workers(tmp_path, epochs=2, prefix="run_worker")
     results = []
     try:
         for p in procs:
@@ -82,19 +88,7 @@ def test_lost_worker_ends_the_others_with_one_line(tmp_path):
     names the lost worker and how to resume, no Python traceback."""
     import signal
     import time
-    space = write_tiny_space(str(tmp_path))
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = _env()
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
-                f"--workdir={tmp_path / f'w{i}'}", f"--space={space}", "--channels=4",
-                "--layers=3", "--epochs=40", "--batch_size=32", "--steps_per_epoch=3",
-                "--limit_examples=300", "--seed=5"]
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env))
+    procs = _start_workers(tmp_path, epochs=40, prefix="w")
     try:
         for line in procs[0].stdout:  # wait until the cluster trains
             if line.startswith("epoch 2/"):
