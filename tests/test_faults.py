@@ -386,3 +386,12 @@ def test_best_model_is_saved_atomically_and_survives_a_resume(tmp_path):
     resumed.on_epoch_end(3, {"val_accuracy": 0.6})
     assert best.read_bytes() != first
     assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv"]
+
+
+def test_device_out_of_memory_is_one_line(monkeypatch, capsys):
+    import tensorflow as tf
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\nmore")
+    monkeypatch.setattr("tfnas.cli.build_parser", lambda: (_ for _ in ()).throw(oom))
+    assert main(["search", "--workdir=x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of device memory" in err and "--batch_size" in err

@@ -444,6 +444,11 @@ def main(argv=None):
         if _is_lost_peer(e):
             print(f"tfnas: error: {lost_peer_message(e)}", file=sys.stderr)
             return EXIT_RUNTIME
+        if type(e).__name__ == "ResourceExhaustedError":  # device (GPU) memory
+            print("tfnas: error: out of device memory (ResourceExhaustedError); lower "
+                  "--batch_size, --channels or --layers, then rerun the same command to resume",
+                  file=sys.stderr)
+            return EXIT_RUNTIME
         if os.environ.get("TFNAS_TRACEBACK"):
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
