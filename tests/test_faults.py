@@ -395,3 +395,9 @@ def test_device_out_of_memory_is_one_line(monkeypatch, capsys):
     assert main(["search", "--workdir=x"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of device memory" in err and "--batch_size" in err
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from tfnas.io import _UMASK, atomic_write_json
+    atomic_write_json(str(tmp_path / "x.json"), {"a": 1})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~_UMASK

@@ -18,27 +18,7 @@ from tfnas.selection import magnitude_genotype
 from tfnas.supernet import build_supernet
 from tfnas.train import run_train
 
-# The DARTS-PT authors' published cells (Apache-2.0, tests/data/NOTICE), converted by
-# tools/import_darts_pt_genotypes.py, with the parameter count (M) the source gives for each.
-PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                         "darts_pt_published.json")
-# one cell per space, method and dataset kind: the default run; -m slow checks all 56
-SAMPLE = ("darts_pt_s1_1", "blank_pt_s2_2", "darts_pt_s3_c100_1", "blank_pt_s4_svhn_1",
-          "darts_pt_s5_0", "darts_pt_s5_2", "blank_pt_s5_3", "darts_pt_s2_svhn_1")
-
-
-def _published():
-    with open(PUBLISHED) as f:
-        entries = json.load(f)
-    out = {}
-    for name, e in entries.items():
-        cells = {t: {"edges": [Edge(node=2 + i // 2, input=j, op=op)
-                               for i, (op, j) in enumerate(e[t])],
-                     "concat": e[t + "_concat"]} for t in ("normal", "reduce")}
-        g = Genotype(e["space"], cells, {"name": name})
-        g.validate(name)
-        out[name] = (g, e)
-    return out
+from helpers import PUBLISHED, SAMPLE, published_genotypes as _published  # noqa: E402
 
 
 def _trainable_params_m(genotype, entry):
@@ -170,7 +150,7 @@ def test_export_parity_for_published_cells(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--genotype=/no/such.json"], "cannot read genotype /no/such.json"),
-    (["--genotype=darts_v2", "--formats=keras,tflite"], "--formats: unknown ['tflite']"),
+    (["--genotype=darts_v2", "--formats=keras,pdf"], "--formats: unknown ['pdf']"),
     (["--genotype=darts_v2", "--form=nb201"], "cannot build the 'nb201' form"),
     (["--genotype=darts_v2", "--input_shape=32,32"], "--input_shape='32,32' is invalid"),
 ])
@@ -192,3 +172,12 @@ def test_export_malformed_genotype_and_unwritable_out(tmp_path, capsys):
     rc = main(["export", "--genotype=darts_v2", f"--out={blocker}/sub/out", "--channels=4",
                "--layers=3", "--formats=keras"])
     assert rc == 2 and "file is a file" in capsys.readouterr().err
+
+
+def test_train_refuses_a_cutout_that_erases_every_image(tmp_path):
+    from tfnas.errors import UsageError
+    cfg = TrainConfig(dataset="digits", channels=4, layers=3, epochs=1, batch_size=64)
+    wd = tmp_path / "run"
+    with pytest.raises(UsageError, match=r"--cutout_length=16 erases the whole 8x8 image"):
+        run_train(cfg, Genotype.load("darts_v2"), str(wd), verbose=0, log=lambda s: None)
+    assert not (wd / "train").exists()

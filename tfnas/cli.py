@@ -173,30 +173,8 @@ def build_parser():
     listing.add_argument("what", choices=("zoo", "configs"))
     listing.set_defaults(handler=cmd_list)
 
-    export = sub.add_parser("export", help="export a genotype to .keras, SavedModel and ONNX",
-                            description="Export and check parity (max abs diff <= 1e-4).")
-    export.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
-    export.add_argument("--weights", default="", help="a trained model.keras (default: an "
-                                                      "initialised model)")
-    export.add_argument("--out", required=True,
-                        help="output folder (created; an earlier export there is replaced "
-                             "only with --overwrite, anything else never)")
-    export.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
-                        help="replace an earlier tfnas export at --out")
-    export.add_argument("--formats", default="keras,savedmodel,onnx",
-                        help="comma list of keras, savedmodel, onnx")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    export.add_argument("--channels", type=int, default=36,
-                        help="C of the first cell, without --weights")
-    export.add_argument("--layers", type=int, default=20,
-                        help="cells (cells per stage for nb201), without --weights")
-    export.add_argument("--num_classes", type=int, default=10,
-                        help="classifier width, without --weights")
-    export.add_argument("--input_shape", default="32,32,3",
-                        help="H,W,C of the input, without --weights")
-    export.add_argument("--form", default="", help="cifar | imagenet | nb201 (default: from "
-                                                   "the genotype)")
-    export.set_defaults(handler=cmd_export)
+    from tfnas.cli_deploy import add_parsers
+    add_parsers(sub, _bool)
     return parser
 
 
@@ -276,51 +254,6 @@ def cmd_train(args):
     strategy, _ = make_strategy(args.strategy, args.cpu_devices)
     run_train(config, genotype, args.workdir, strategy)
     print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
-    return 0
-
-
-def cmd_export(args):
-    from tfnas.export import count_macs, export_model
-    from tfnas.genotype import Genotype
-    from tfnas.models import build_model
-    from tfnas.export import FORMATS, check_export_out
-    genotype = Genotype.load(args.genotype)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UsageError(f"--formats: unknown {unknown}; expected a comma list of "
-                         f"{', '.join(FORMATS)}")
-    for name in ("opset", "channels", "layers", "num_classes"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected a "
-                             f"positive integer")
-    check_export_out(args.out, args.overwrite)  # before any work
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-        assert len(shape) == 3 and min(shape) > 0
-    except (ValueError, AssertionError):
-        raise UsageError(f"--input_shape={args.input_shape!r} is invalid: expected H,W,C") \
-            from None
-    if args.weights:
-        import keras
-        if not os.path.isfile(args.weights):
-            raise UsageError(f"--weights={args.weights}: no such file")
-        try:
-            model = keras.models.load_model(args.weights)
-        except Exception as e:
-            raise UsageError(f"--weights={args.weights} is not a loadable .keras model "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    else:
-        model = build_model(genotype, args.num_classes, shape, args.channels, args.layers,
-                            form=args.form or None)
-        print("no --weights: exporting an initialised model (for latency and format checks)")
-    report = export_model(model, args.out, formats, args.opset, initialised=not args.weights,
-                          overwrite=args.overwrite)
-    params = model.count_params()
-    macs = count_macs(model, tuple(model.input_shape[1:]))
-    print(f"exported to {args.out}: {', '.join(formats)}; parameters {params:,}; "
-          f"multiply-adds {macs / 1e6:.1f} M; max abs diff "
-          + ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items()))
     return 0
 
 

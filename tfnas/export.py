@@ -1,4 +1,10 @@
-"""Export a genotype (and weights) to `.keras`, SavedModel and ONNX, with parity checks."""
+"""Export a trained network: `.keras`, SavedModel, ONNX and TFLite (float32 and int8).
+
+Every format is written from the deployable graph (`tfnas.deploy.to_builtin`: built-in Keras
+layers, BN folded), so each artefact runs with its own runtime alone. Each float artefact is
+checked against the tfnas model (max abs difference <= TOLERANCE); int8 artefacts are
+reported (difference, top-1 beside float) but not held to the float tolerance.
+"""
 
 import glob
 import os
@@ -7,10 +13,14 @@ import tempfile
 
 import numpy as np
 
+from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
+from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
 from tfnas.io import MARKER, TMP_PREFIX, check_folder, dumps
 
-FORMATS = ("keras", "savedmodel", "onnx")
+FORMATS = ("keras", "savedmodel", "onnx", "tflite")
+DEFAULT_FORMATS = ("keras", "savedmodel", "onnx")
+INT8_FORMATS = ("onnx", "tflite")
 TOLERANCE = 1e-4
 
 
@@ -30,6 +40,25 @@ def count_macs(model, input_shape):
     opts["output"] = "none"
     info = tf.compat.v1.profiler.profile(graph=frozen.graph, options=opts)
     return int(info.total_float_ops // 2)
+
+
+def check_formats(formats, int8=False, calibration=None):
+    """Validates the requested formats and int8 options before any work.
+
+    Raises:
+        UsageError: unknown or no formats; --int8 without an int8-capable format or without
+            calibration images.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"--formats: unknown {unknown}; expected a comma list of "
+                         f"{', '.join(FORMATS)}")
+    if int8 and not set(formats) & set(INT8_FORMATS):
+        raise UsageError(f"--int8 quantizes {' and '.join(INT8_FORMATS)}; add one of them to "
+                         f"--formats")
+    if int8 and calibration is not None and not len(calibration):
+        raise UsageError("--int8 needs calibration images: pass --data (and "
+                         "--calibration_images > 0)")
 
 
 def check_export_out(out, overwrite=False):
@@ -55,85 +84,175 @@ def check_export_out(out, overwrite=False):
                              f"replace it, or choose another folder")
 
 
-def export_model(model, out, formats=FORMATS, opset=17, batch=2, seed=0, initialised=False,
-                 overwrite=False):
+def export_model(model, out, formats=DEFAULT_FORMATS, opset=17, batch=2, seed=0,
+                 initialised=False, overwrite=False, int8=False, calibration=None,
+                 evaluation=None, meta=None):
     """Writes the requested formats into `out` and checks them against `model`.
 
     Everything is written into a temporary folder beside `out` and moved into place only
     when every parity check passed, so a failure leaves nothing half-written. An existing
     `out` is replaced only if it is an earlier export and `overwrite` is set.
 
+    Args:
+        model: a tfnas network (`tfnas.build_model`, or a loaded `model.keras` of it).
+        formats: any of FORMATS.
+        int8: also write post-training static int8 quantizations of ONNX / TFLite.
+        calibration: normalised float32 images for int8 calibration (needed with `int8`).
+        evaluation: (images, labels) of a test split: top-1 of every artefact is reported.
+        meta: extra JSON-able facts for parity.json (dataset, normalisation).
     Returns:
         The parity report (also written to OUT/parity.json).
     Raises:
         UsageError: unknown format, unwritable `out`, or an `out` that must not be replaced.
-        ParityError: a format differs from Keras by more than 1e-4.
+        ParityError: a float format differs from Keras by more than TOLERANCE.
     """
-    import keras
-    import tensorflow as tf
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UsageError(f"--formats: unknown {unknown}; expected a comma list of "
-                         f"{', '.join(FORMATS)}")
+    formats = tuple(formats)
+    check_formats(formats, int8, calibration if int8 else None)
+    if int8 and calibration is None:
+        raise UsageError("--int8 needs calibration images: pass --data")
     check_export_out(out, overwrite)
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    prefix = f"{TMP_PREFIX}export-{os.path.basename(os.path.abspath(out))}-"
-    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted export of `out`
+    tmp = _make_temp(out)
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
-    except OSError as e:
-        raise UsageError(f"--out={out}: cannot write there ({e.strerror})") from e
-    try:
-        shape = tuple(model.input_shape[1:])
-        x = np.random.default_rng(seed).normal(size=(batch,) + shape).astype(np.float32)
-        ref = _main_output(model(x, training=False))
-        serving = _inference_model(model)
-        report = {"input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
-                  "initialised_only": bool(initialised), "max_abs_diff": {},
-                  "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-        if "keras" in formats:
-            path = os.path.join(tmp, "model.keras")
-            model.save(path)
-            back = keras.models.load_model(path)
-            report["max_abs_diff"]["keras"] = _diff(ref, back(x, training=False))
-        if "savedmodel" in formats:
-            path = os.path.join(tmp, "saved_model")
-            serving.export(path, format="tf_saved_model", verbose=False)
-            loaded = tf.saved_model.load(path)
-            report["max_abs_diff"]["savedmodel"] = _diff(ref, loaded.serve(x))
-        if "onnx" in formats:
-            import onnxruntime as ort
-            import tf2onnx
-            spec = (tf.TensorSpec((None,) + shape, tf.float32, name="image"),)
-            path = os.path.join(tmp, "model.onnx")
-            tf2onnx.convert.from_keras(serving, input_signature=spec, opset=opset,
-                                       output_path=path)
-            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-            report["max_abs_diff"]["onnx"] = _diff(ref, got)
-            report["versions"].update(tf2onnx=tf2onnx.__version__, onnxruntime=ort.__version__)
-        bad = {k: v for k, v in report["max_abs_diff"].items() if not v <= TOLERANCE}
+        report = _write_all(model, tmp, formats, opset, batch, seed, int8, calibration,
+                            evaluation)
+        report.update(initialised_only=bool(initialised), **(meta or {}))
+        bad = {k: v for k, v in report["max_abs_diff"].items()
+               if not k.endswith("_int8") and not v <= TOLERANCE}
         if bad:
             raise ParityError(f"export parity failed: {bad} exceed {TOLERANCE} (nothing written "
                               f"to {out})")
         with open(os.path.join(tmp, "parity.json"), "w") as f:
             f.write(dumps(report, indent=1))
         with open(os.path.join(tmp, MARKER), "w") as f:
-            f.write(dumps({"written_by": "tfnas export", "formats": list(formats)}) + "\n")
-        check_export_out(out, overwrite)  # again: `out` may have changed meanwhile
-        old = None
-        if os.path.isdir(out) and os.listdir(out):  # an earlier export: swap, then delete
-            old = tempfile.mkdtemp(dir=parent, prefix=prefix)
-            os.replace(out, os.path.join(old, "previous"))
-        os.replace(tmp, out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+            f.write(dumps({"written_by": "tfnas export", "formats": list(formats),
+                           "int8": bool(int8)}) + "\n")
+        _swap_into_place(tmp, out, overwrite)
         return report
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+def _make_temp(out):
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    prefix = _temp_prefix(out)
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted export of `out`
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(dir=parent, prefix=prefix)
+    except OSError as e:
+        raise UsageError(f"--out={out}: cannot write there ({e.strerror})") from e
+
+
+def _temp_prefix(out):
+    return f"{TMP_PREFIX}export-{os.path.basename(os.path.abspath(out))}-"
+
+
+def _swap_into_place(tmp, out, overwrite):
+    check_export_out(out, overwrite)  # again: `out` may have changed meanwhile
+    old = None
+    if os.path.isdir(out) and os.listdir(out):  # an earlier export: swap, then delete
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)),
+                               prefix=_temp_prefix(out))
+        os.replace(out, os.path.join(old, "previous"))
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evaluation):
+    import keras
+    import tensorflow as tf
+    shape = tuple(model.input_shape[1:])
+    x = np.random.default_rng(seed).normal(size=(batch,) + shape).astype(np.float32)
+    ref = _main_output(model(x, training=False))
+    serving = to_builtin(model)
+    report = {"input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
+              "graph": "built-in Keras layers, BN folded into convolutions",
+              "max_abs_diff": {}, "top1": {},
+              "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+    written = []
+    saved_model = os.path.join(tmp, "saved_model")
+    if "savedmodel" in formats or "tflite" in formats:
+        serving.export(saved_model, format="tf_saved_model", verbose=False)
+        written.append("saved_model")
+    if "keras" in formats:
+        serving.save(os.path.join(tmp, "model.keras"))
+        written.append("model.keras")
+    if "onnx" in formats:
+        written += _write_onnx(serving, tmp, shape, opset, int8, calibration, report)
+    if "tflite" in formats:
+        written += _write_tflite(saved_model, tmp, int8, calibration)
+    if "savedmodel" not in formats and os.path.exists(saved_model):
+        shutil.rmtree(saved_model)  # only the TFLite converter's input
+        written.remove("saved_model")
+    for name in written:
+        run = load_runner(os.path.join(tmp, name))
+        label = artefact_label(name)
+        report["max_abs_diff"][label] = _diff(ref, run(x))
+        if evaluation is not None:
+            report["top1"][label] = top1(run, *evaluation)
+    if evaluation is not None:
+        report["top1"]["keras_source"] = top1(
+            lambda b: _main_output(model(b, training=False)), *evaluation)
+        report["evaluated_images"] = int(len(evaluation[1]))
+    if int8:
+        report["calibration_images"] = int(len(calibration))
+    return report
+
+
+def _write_onnx(serving, tmp, shape, opset, int8, calibration, report):
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+    spec = (tf.TensorSpec((None,) + shape, tf.float32, name="image"),)
+    path = os.path.join(tmp, "model.onnx")
+    tf2onnx.convert.from_keras(serving, input_signature=spec, opset=opset, output_path=path)
+    report["versions"].update(tf2onnx=tf2onnx.__version__, onnxruntime=ort.__version__)
+    if not int8:
+        return ["model.onnx"]
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {"image": np.asarray(b, np.float32)}
+
+    prepared = os.path.join(tmp, "prepared.onnx")  # shape inference + graph optimisation
+    quant_pre_process(path, prepared, skip_symbolic_shape=True)
+    quantize_static(prepared, os.path.join(tmp, "model_int8.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    os.remove(prepared)
+    return ["model.onnx", "model_int8.onnx"]
+
+
+def _write_tflite(saved_model, tmp, int8, calibration):
+    import tensorflow as tf
+
+    def convert(quantize):
+        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        if quantize:
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: ([calibration[i:i + 1]]
+                                                   for i in range(len(calibration)))
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = conv.inference_output_type = tf.float32
+        return conv.convert()
+
+    names = ["model.tflite"] + (["model_int8.tflite"] if int8 else [])
+    for name in names:
+        content = convert(name.endswith("_int8.tflite"))
+        tflite_interpreter(content=content)  # refuses a flatbuffer the runtime cannot load
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(content)
+    return names
 
 
 def _main_output(y):
@@ -143,11 +262,3 @@ def _main_output(y):
 
 def _diff(a, b):
     return float(np.max(np.abs(a - _main_output(b))))
-
-
-def _inference_model(model):
-    """The logits-only functional model (drops the auxiliary head for serving)."""
-    import keras
-    if isinstance(model.output, dict):
-        return keras.Model(model.inputs, model.output["logits"], name=model.name + "_serving")
-    return model

@@ -51,6 +51,7 @@ def atomic_write_text(path, text, mode="w"):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,11 +72,21 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_UMASK = os.umask(0o022)  # read once at import (os.umask is process-wide), then restored
+os.umask(_UMASK)
+
+
+def _umask_mode(path):
+    """mkstemp makes 0600 files; give the final file the mode a plain open() would."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def atomic_write_json(path, obj):

@@ -6,7 +6,7 @@ import os
 
 import keras
 
-from tfnas.errors import TrainingError, WorkdirError
+from tfnas.errors import TrainingError, UsageError, WorkdirError
 from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove_stale_temps
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -44,6 +44,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     # the data is read and validated before anything is written into the workdir
     data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples,
                         config.skip_bad_images)
+    _check_cutout(config, data, style="imagenet" if config.form == "imagenet" else "cifar")
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
     atomic_write_json(cfg_path, record)
@@ -158,3 +159,12 @@ class AtomicModelSave(keras.callbacks.Callback):
             self.best = value
         with atomic_path(self.path) as tmp:
             self.model.save(tmp)
+
+
+def _check_cutout(config, data, style):
+    """A cutout square whose half side reaches past the image erases every image whole."""
+    h, w = data.input_shape[:2]
+    if config.cutout and style == "cifar" and config.cutout_length // 2 >= max(h, w):
+        raise UsageError(f"--cutout_length={config.cutout_length} erases the whole {h}x{w} "
+                         f"image of every example; use at most {2 * max(h, w) - 1} (e.g. "
+                         f"{max(1, min(h, w) // 2)}) or --nocutout")
