@@ -193,8 +193,13 @@ def cmd_select(args):
     from tfnas.selection.run import run_select
     check_folder(args.workdir, "--workdir", must_exist=True)
     config = _config_from_args(args, SelectConfig).validate()
-    run_select(args.workdir, config, args.overwrite)
+    genotype = run_select(args.workdir, config, args.overwrite)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
+    if "budget" in genotype.meta:
+        b = genotype.meta["budget"]
+        print(f"budget: {b['kind']} {b['cost']:g} of at most {b['limit']:g} "
+              f"({100 * b['cost'] / b['limit']:.1f}%) for the final network at "
+              f"{b['network']['channels']} channels, {b['network']['layers']} layers")
     return 0
 
 

@@ -65,7 +65,7 @@ def make_tune(supernet, dataset, steps, lr=0.0025, momentum=0.9):
 
 
 def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_lr=0.0025,
-           crit="acc", seed=0, bn_batch_stats=True, log=None):
+           crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None):
     """Derives an architecture from a trained supernet by perturbation (paper Algorithm 1).
 
     Args:
@@ -81,10 +81,15 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         seed: the edge order (the reference draws it from its seed).
         bn_batch_stats: BN with batch statistics while scoring (the reference's default).
         log: optional callable taking one line per decision.
+        budget: optional `tfnas.derive.budget.Budget`: each decision keeps the most
+            important op (removes the least important edge) that still lets the final
+            network fit it.
     Returns:
-        The Genotype; `genotype.meta["decisions"]` holds every decision row.
+        The Genotype; `genotype.meta["decisions"]` holds every decision row (and
+        `meta["budget"]` the budget and the final cost).
     Raises:
-        UsageError: an unknown selector or criterion, or an empty dataset.
+        UsageError: an unknown selector or criterion, an empty dataset, or a budget that no
+            architecture of the space meets.
     """
     if selector not in SELECTORS:
         raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
@@ -92,6 +97,11 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     if crit not in ("acc", "loss"):
         raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
     space = supernet.space
+    if budget is not None and selector == "magnitude":
+        raise UsageError("select: a budget applies to the pt and pt_mag selectors")
+    archs = {t: supernet.arch(t) for t in space.cell_types}
+    if budget is not None:
+        budget.check_feasible(archs)
     if selector == "magnitude":
         return magnitude_genotype(space, supernet.arch_weights_numpy(), meta={"selector":
                                                                               "magnitude"})
@@ -101,10 +111,8 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     rows = []
     for i, (kind, targets) in enumerate(decision_events(space, seed)):
         for ctype, target in targets.items():
-            arch = supernet.arch(ctype)
-            row = (decide_op(arch, space, ctype, target, evaluate, crit,
-                             by_alpha=selector == "pt_mag") if kind == "op"
-                   else decide_topology(arch, space, ctype, target, evaluate, crit))
+            row = decide(archs, space, kind, ctype, target, evaluate, crit,
+                         selector == "pt_mag", budget)
             rows.append(dict(row, event=i))
             if log:
                 what = row.get("choice") if kind == "op" else row["kept_inputs"]
@@ -114,4 +122,25 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     genotype = magnitude_genotype(space, supernet.arch_weights_numpy(),
                                   meta={"crit": crit, "seed": seed, "decisions": rows})
     genotype.meta["selector"] = selector  # the decided supernet's genotype, by `selector`
+    if budget is not None:
+        genotype.meta["budget"] = dict(budget.to_json(), cost=budget.cost(genotype))
     return genotype
+
+
+def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=False,
+           budget=None):
+    """One decision of an event ("op": edge `target`; "topology": node `target`) on the
+    ArchParameters `archs[ctype]`, within `budget` when given (the row then holds
+    "budget_bound": the cheapest final cost still reachable after it)."""
+    arch = archs[ctype]
+    if kind == "op":
+        fits = None if budget is None else (
+            lambda k: budget.op_fits(archs, ctype, target, k))
+        row = decide_op(arch, space, ctype, target, evaluate, crit, by_alpha, fits)
+    else:
+        can_remove = None if budget is None else (
+            lambda e: budget.removal_fits(archs, ctype, e))
+        row = decide_topology(arch, space, ctype, target, evaluate, crit, can_remove)
+    if budget is not None:
+        row["budget_bound"] = budget.lower_bound(archs)
+    return row

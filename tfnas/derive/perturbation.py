@@ -40,7 +40,7 @@ def choose_op(scores, crit="acc"):
     return choice
 
 
-def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False):
+def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False, fits=None):
     """Scores `edge`, fixes it to the chosen op and returns the decision row.
 
     Args:
@@ -49,10 +49,12 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
         evaluate: callable -> (loss, acc) under the current masks.
         crit: "acc" or "loss".
         by_alpha: keep the op with the largest softmaxed alpha instead (PT-Mag).
+        fits: optional callable(op index) -> bool (a budget): the choice is the most
+            important op among those that fit; every candidate is still scored.
     Returns:
         {"kind": "op", "cell", "edge", "node", "input", "alphas", "scores", "acc_before",
          "acc_after", "choice"} (+ "decided_before" for an edge decided or removed earlier,
-         which is left as it is).
+         which is left as it is; + "over_budget": ops that did not fit, with `fits`).
     """
     ops = space.cells[cell_type].ops[edge]
     node, inp = space.cells[cell_type].edges[edge]
@@ -67,20 +69,26 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
         return {**row, "acc_after": before[1], "decided_before": True,
                 "choice": ops[kept] if kept is not None else None}
     candidates = space.candidates(cell_type, edge)
+    allowed = [k for k in candidates if fits is None or fits(k)]
+    if fits is not None:
+        row["over_budget"] = [ops[k] for k in candidates if k not in allowed]
+        if not allowed:
+            raise ValueError(f"{cell_type} edge {edge}: no candidate op fits the budget")
     if by_alpha:
-        choice = max(candidates, key=lambda k: (alphas[k], -k))
+        choice = max(allowed, key=lambda k: (alphas[k], -k))
     else:
         scores = score_ops(arch, edge, candidates, evaluate)
-        choice = choose_op(scores, crit)
+        choice = choose_op({k: scores[k] for k in allowed}, crit)
         row["scores"] = {ops[k]: {"loss": s[0], "acc": s[1]} for k, s in scores.items()}
     arch.fix_edge(edge, choice)
     return {**row, "acc_after": tuple(evaluate())[1], "choice": ops[choice]}
 
 
-def decide_topology(arch, space, cell_type, node, evaluate, crit="acc"):
+def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remove=None):
     """Drops input edges of `node`, one per round, until two remain: each round removes the
     live edge whose absence leaves accuracy highest (`loss`: loss lowest; ties: the later
     edge). Edges dropped in earlier rounds stay dropped while later rounds are scored.
+    `can_remove(edge) -> bool` (a budget) limits which edges a round may remove.
 
     Returns:
         {"kind": "topology", "cell", "node", "kept_inputs", "rounds", "acc_before",
@@ -99,8 +107,9 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc"):
                 results[e] = tuple(evaluate())
             finally:
                 arch.remove_edge(e, removed=False)
-        worst = max(eids, key=lambda e: (results[e][1] if crit == "acc" else -results[e][0],
-                                         e))
+        removable = [e for e in eids if can_remove is None or can_remove(e)]
+        worst = max(removable, key=lambda e: (results[e][1] if crit == "acc"
+                                              else -results[e][0], e))
         arch.remove_edge(worst)
         eids.remove(worst)
         rounds.append({"scores": {str(e): {"loss": r[0], "acc": r[1]}

@@ -26,7 +26,7 @@ import time
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
-from tfnas.derive import decide_op, decide_topology, decision_events, magnitude_genotype
+from tfnas.derive import decide, decision_events, magnitude_genotype
 
 SELECTORS = ("pt", "pt_mag", "magnitude")
 
@@ -42,6 +42,20 @@ class SelectConfig:
     score_batches: int = _f(0, "score on the first N batches of the alpha split (0: all)")
     bn_batch_stats: bool = _f(True, "BN uses batch statistics while scoring (reference)")
     seed: int = _f(-1, "seed of the edge order (-1: the search's seed)")
+    max_params: int = _f(0, "budget: trainable parameters of the final network (0: none)")
+    max_macs: int = _f(0, "budget: multiply-adds per image of the final network (0: none)")
+    max_latency_ms: float = _f(0.0, "budget: onnxruntime batch-1 latency of the final "
+                                    "network, estimated from a per-op table (0: none)")
+    latency_table: str = _f("", "per-op latency table JSON for --max_latency_ms (default: "
+                                "measured here once, kept in WORKDIR/selection)")
+    final_channels: int = _f(0, "C of the final network the budget is about (0: the search's)")
+    final_layers: int = _f(0, "cells of the final network (0: the search's)")
+
+    def budget_kind(self):
+        """(kind, limit) of the budget flag that is set, or None."""
+        set_ = [(k, v) for k, v in (("params", self.max_params), ("macs", self.max_macs),
+                                    ("latency_ms", self.max_latency_ms)) if v]
+        return set_[0] if set_ else None
 
     def validate(self):
         if self.selector not in SELECTORS:
@@ -52,6 +66,19 @@ class SelectConfig:
         if self.tune_epochs_per_decision < 0 or self.score_batches < 0 or self.tune_lr < 0:
             raise ConfigError("--tune_epochs_per_decision, --score_batches and --tune_lr must "
                               "be non-negative")
+        budgets = [f"--max_{k}" for k, v in (("params", self.max_params), ("macs", self.max_macs),
+                                             ("latency_ms", self.max_latency_ms)) if v]
+        if min(self.max_params, self.max_macs, self.max_latency_ms, self.final_channels,
+               self.final_layers) < 0:
+            raise ConfigError("--max_params, --max_macs, --max_latency_ms, --final_channels "
+                              "and --final_layers must be non-negative")
+        if len(budgets) > 1:
+            raise ConfigError(f"{' and '.join(budgets)}: give one budget at a time")
+        if budgets and self.selector == "magnitude":
+            raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag (magnitude "
+                              f"makes no decisions to constrain)")
+        if self.latency_table and not self.max_latency_ms:
+            raise ConfigError("--latency_table is used with --max_latency_ms only")
         return self
 
     to_json = lambda self: dataclasses.asdict(self)  # noqa: E731
@@ -109,8 +136,9 @@ class PerturbationSelector:
         folder: WORKDIR/selection.
     """
 
-    def __init__(self, loop, config, folder, log=print):
+    def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
+        self.budget = budget
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
@@ -125,13 +153,10 @@ class PerturbationSelector:
         """The supernet's (loss, accuracy) on the alpha split under the current masks."""
         return self.loop.evaluate(self.config.score_batches, self.config.bn_batch_stats)
 
-    def decide_op(self, ctype, edge):
-        return decide_op(self.loop.model.arch(ctype), self.space, ctype, edge, self.score,
-                         crit=self.config.crit, by_alpha=self.config.selector == "pt_mag")
-
-    def decide_topology(self, ctype, node):
-        return decide_topology(self.loop.model.arch(ctype), self.space, ctype, node,
-                               self.score, crit=self.config.crit)
+    def decide(self, kind, ctype, target):
+        archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
+        return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
+                      self.config.selector == "pt_mag", self.budget)
 
     def tune_after(self, i):
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
@@ -164,8 +189,7 @@ class PerturbationSelector:
         kind, targets = self.events[i]
         rows = []
         for ctype, target in targets.items():
-            row = (self.decide_op(ctype, target) if kind == "op"
-                   else self.decide_topology(ctype, target))
+            row = self.decide(kind, ctype, target)
             row["event"] = i
             append_jsonl(self.scores_path, row)
             self._tensorboard(i, row)
@@ -193,6 +217,8 @@ class PerturbationSelector:
             "run": os.path.abspath(self.loop.workdir),
             "tune_epochs_per_decision": self.config.tune_epochs_per_decision})
         g.meta["selector"] = self.config.selector
+        if self.budget is not None:
+            g.meta["budget"] = dict(self.budget.to_json(), cost=self.budget.cost(g))
         return g
 
     def _tensorboard(self, i, row):

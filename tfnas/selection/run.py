@@ -8,11 +8,12 @@ import shutil
 import tensorflow as tf
 
 from tfnas.config import SearchConfig
-from tfnas.errors import WorkdirError
+from tfnas.derive.budget import Budget, Network, latency_table
+from tfnas.errors import UsageError, WorkdirError
 from tfnas.io import atomic_write_json, remove_stale_temps
 from tfnas.search import SearchLoop
 from tfnas.selection.oracle import select_with_oracle
-from tfnas.selection.pt import PerturbationSelector
+from tfnas.selection.pt import PerturbationSelector, SelectConfig
 
 
 def load_search(workdir, log=print, strategy=None):
@@ -45,10 +46,11 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     config.validate()
     loop = load_search(workdir, log, strategy)
     folder = os.path.join(workdir, "selection")
+    budget = make_budget(loop, config, folder, log)  # an infeasible budget fails here
     sel_cfg = os.path.join(folder, "config.json")
     if os.path.exists(sel_cfg) and not overwrite:
-        with open(sel_cfg) as f:
-            if json.load(f) != config.to_json():
+        with open(sel_cfg) as f:  # fields added since it was written take their defaults
+            if {**SelectConfig().to_json(), **json.load(f)} != config.to_json():
                 raise WorkdirError(f"{folder} holds a selection with a different config; pass "
                                    f"--overwrite to start it again")
     if overwrite:
@@ -62,9 +64,53 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
         # the mixing weights: decisions made during the search (SGAS) count
         genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
     else:
-        genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log), folder)
+        genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log, budget),
+                                      folder)
     if loop.benchmark is not None:  # the search's --benchmark_table (NAS-Bench-201)
         genotype.meta["benchmark"] = loop.benchmark.query_genotype(genotype)
         log("benchmark: " + ", ".join(f"{k} {v}" for k, v in genotype.meta["benchmark"].items()))
     genotype.save(os.path.join(workdir, "genotype.json"))
     return genotype
+
+
+def make_budget(loop, config, folder, log=print):
+    """The Budget of `config` for the final network of this search (None without one);
+    checks that some architecture of the space meets it, before any selection work.
+
+    Raises:
+        UsageError: no architecture meets the budget, or an unreadable --latency_table.
+    """
+    kind = config.budget_kind()
+    if kind is None:
+        return None
+    net = Network(loop.data.num_classes, loop.data.input_shape,
+                  config.final_channels or loop.config.channels,
+                  config.final_layers or loop.config.layers)
+    table = None
+    if kind[0] == "latency_ms":
+        table = _latency_table(loop, config, folder, net, log)
+    budget = Budget(loop.space, kind[0], kind[1], net, latency=table)
+    budget.check_feasible({t: loop.model.arch(t) for t in loop.space.cell_types})
+    log(f"budget: {kind[0]} <= {kind[1]:g} for the final network "
+        f"({net.channels} channels, {net.layers} layers)")
+    return budget
+
+
+def _latency_table(loop, config, folder, net, log):
+    # beside selection/ so that `tfnas select --overwrite` does not throw the measurement away
+    path = config.latency_table or os.path.join(os.path.dirname(folder),
+                                                "latency_table.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--latency_table={path} is not a readable JSON table "
+                             f"({type(e).__name__})") from e
+    if config.latency_table:
+        raise UsageError(f"--latency_table={path}: no such file")
+    log("measuring the per-op latency table with onnxruntime (once; kept in "
+        f"{path})")
+    table = latency_table(loop.space, net, log=log)
+    atomic_write_json(path, table)
+    return table
