@@ -354,6 +354,8 @@ def main(argv=None):
             if arg.startswith("--") and arg != "--" and not _FLAG_LINE.fullmatch(arg):
                 shown = arg if len(arg) <= 60 else arg[:57] + "..."
                 raise UsageError(f"{shown!r} is not a flag (expected --name=value or --name)")
+        from tfnas.extensions import load_extensions
+        load_extensions()  # $TFNAS_EXTENSIONS and `tfnas.extensions` entry points
         args = build_parser().parse_args(expand_flagfiles(list(argv)))
         return args.handler(args)
     except TfnasError as e:

@@ -56,6 +56,8 @@ class SearchConfig:
                                     "op: pays off once edges are decided, but triples tracing)")
     sync_bn: bool = _f(False, "batch statistics over the global batch under multi-replica "
                               "strategies")
+    mixed_op: str = _f("standard", "the registered edge layer of the supernet (standard: the "
+                                   "DARTS weighted sum; extensions add others)")
     # optimisation
     epochs: int = _f(50, "search epochs")
     batch_size: int = _f(64, "global batch size (train and alpha batches)")
@@ -64,16 +66,15 @@ class SearchConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(3e-4, "coupled L2 on the weights, as PyTorch's SGD")
     grad_clip: float = _f(5.0, "global-norm clip of the weight gradients (0: off)")
-    arch_update: str = _f("first_order", "how alpha is trained (sgas: first order plus SGAS's "
-                                         "progressive edge decisions)",
-                          ("first_order", "second_order", "frozen", "sgas"))
+    arch_update: str = _f("first_order", "a registered architecture update: first_order | "
+                                         "second_order | frozen | sgas (first order plus SGAS's "
+                                         "progressive edge decisions)")
     arch_lr: float = _f(3e-4, "Adam learning rate of alpha")
     arch_beta1: float = _f(0.5, "Adam beta_1 of alpha")
     arch_beta2: float = _f(0.999, "Adam beta_2 of alpha")
     arch_weight_decay: float = _f(1e-3, "coupled L2 on alpha, as PyTorch's Adam")
-    perturbation: str = _f("none", "alpha perturbation during the weight step: SDARTS-RS "
-                                   "(random) or SDARTS-ADV (adversarial)",
-                           ("none", "random", "adversarial"))
+    perturbation: str = _f("none", "a registered alpha perturbation during the weight step: "
+                                   "none | random (SDARTS-RS) | adversarial (SDARTS-ADV)")
     epsilon: float = _f(0.3, "SDARTS: final perturbation radius (grows from 0.03; constant "
                              "during PT tuning)")
     sgas_criterion: int = _f(1, "SGAS edge criterion 1 (importance x certainty) or 2 (x "

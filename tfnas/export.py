@@ -16,7 +16,7 @@ import numpy as np
 from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
 from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
-from tfnas.io import MARKER, TMP_PREFIX, check_folder, dumps
+from tfnas.io import _UMASK, MARKER, TMP_PREFIX, check_folder, dumps
 
 FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 DEFAULT_FORMATS = ("keras", "savedmodel", "onnx")
@@ -156,6 +156,7 @@ def _swap_into_place(tmp, out, overwrite):
         old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)),
                                prefix=_temp_prefix(out))
         os.replace(out, os.path.join(old, "previous"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp made it 0700
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)

@@ -6,13 +6,14 @@ search loop, so the search (SGAS+PT), `tfnas select` and a user's own Keras supe
 the same code.
 """
 
+from tfnas.derive.selectors import SELECTORS, Selector, choose_op, get_selector, stronger
 from tfnas.derive.magnitude import magnitude_genotype
-from tfnas.derive.perturbation import (choose_op, decide_op, decide_topology, decision_events,
-                                       score_ops, stronger)
+from tfnas.derive.perturbation import decide_op, decide_topology, decision_events, score_ops
 from tfnas.derive.sgas import sgas_scores
 from tfnas.derive.api import decide, make_evaluate, make_tune, select  # noqa: I100 (needs the above)
 from tfnas.derive.budget import Budget, Network
 
 __all__ = ["magnitude_genotype", "choose_op", "decide_op", "decide_topology",
            "decision_events", "score_ops", "stronger", "sgas_scores", "select",
-           "make_evaluate", "make_tune", "decide", "Budget", "Network"]
+           "make_evaluate", "make_tune", "decide", "Budget", "Network", "SELECTORS",
+           "Selector", "get_selector"]

@@ -15,9 +15,8 @@ import tensorflow as tf
 
 from tfnas.derive.magnitude import magnitude_genotype
 from tfnas.derive.perturbation import decide_op, decide_topology, decision_events
+from tfnas.derive.selectors import SELECTORS, get_selector
 from tfnas.errors import UsageError
-
-SELECTORS = ("pt", "pt_mag", "magnitude")
 
 
 def make_evaluate(supernet, dataset, bn_batch_stats=True):
@@ -73,7 +72,8 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
             built from its `ArchParameters` / `MixedOp` that has `space`, `arch(cell_type)`
             and `weight_variables`); its selection state is changed in place.
         valid_data: a `tf.data.Dataset` of (images, labels) batches that scores each op.
-        selector: "pt", "pt_mag" (decided by alpha, with the same tuning) or "magnitude".
+        selector: a registered selector (`tfnas.derive.selectors`): "pt", "pt_mag"
+            (decided by alpha, with the same tuning) or "magnitude".
         tune: None (no tuning), a `tf.data.Dataset` of (images, labels) batches to train the
             weights on for `tune_steps` batches after each decision event, or a callable
             `tune(event_index)`.
@@ -93,18 +93,20 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     """
     if selector not in SELECTORS:
         raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
-                         f"{', '.join(SELECTORS)}")
+                         f"{', '.join(SELECTORS.names())}")
+    chooser = get_selector(selector)
     if crit not in ("acc", "loss"):
         raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
     space = supernet.space
-    if budget is not None and selector == "magnitude":
-        raise UsageError("select: a budget applies to the pt and pt_mag selectors")
+    if budget is not None and not chooser.decides:
+        raise UsageError(f"select: a budget applies to selectors that decide edges, not "
+                         f"{selector!r}")
     archs = {t: supernet.arch(t) for t in space.cell_types}
     if budget is not None:
         budget.check_feasible(archs)
-    if selector == "magnitude":
+    if not chooser.decides:
         return magnitude_genotype(space, supernet.arch_weights_numpy(), meta={"selector":
-                                                                              "magnitude"})
+                                                                              selector})
     evaluate = make_evaluate(supernet, valid_data, bn_batch_stats)
     if isinstance(tune, tf.data.Dataset):
         tune = make_tune(supernet, tune, tune_steps, tune_lr)
@@ -112,7 +114,7 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     for i, (kind, targets) in enumerate(decision_events(space, seed)):
         for ctype, target in targets.items():
             row = decide(archs, space, kind, ctype, target, evaluate, crit,
-                         selector == "pt_mag", budget)
+                         budget=budget, selector=selector)
             rows.append(dict(row, event=i))
             if log:
                 what = row.get("choice") if kind == "op" else row["kept_inputs"]
@@ -128,7 +130,7 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
 
 
 def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=False,
-           budget=None):
+           budget=None, selector=None):
     """One decision of an event ("op": edge `target`; "topology": node `target`) on the
     ArchParameters `archs[ctype]`, within `budget` when given (the row then holds
     "budget_bound": the cheapest final cost still reachable after it)."""
@@ -136,7 +138,7 @@ def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=Fal
     if kind == "op":
         fits = None if budget is None else (
             lambda k: budget.op_fits(archs, ctype, target, k))
-        row = decide_op(arch, space, ctype, target, evaluate, crit, by_alpha, fits)
+        row = decide_op(arch, space, ctype, target, evaluate, crit, by_alpha, fits, selector)
     else:
         can_remove = None if budget is None else (
             lambda e: budget.removal_fits(archs, ctype, e))

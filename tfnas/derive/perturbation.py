@@ -8,14 +8,7 @@ current masks. They are what `tfnas select`, SGAS+PT during the search and the l
 
 import numpy as np
 
-
-def stronger(new, best, crit="acc"):
-    """Is `new` (loss, acc) a stronger sign of importance than `best` (None: nothing yet)?
-    `acc`: a lower accuracy without the op; `loss`: a higher loss. Strict, so ties keep the
-    earlier op, as the reference."""
-    if best is None:
-        return True
-    return new[1] < best[1] if crit == "acc" else new[0] > best[0]
+from tfnas.derive.selectors import get_selector
 
 
 def score_ops(arch, edge, candidates, evaluate):
@@ -31,16 +24,8 @@ def score_ops(arch, edge, candidates, evaluate):
     return scores
 
 
-def choose_op(scores, crit="acc"):
-    """The op whose removal hurts most (iteration order breaks ties: the earlier op)."""
-    best, choice = None, None
-    for k, s in scores.items():
-        if stronger(s, best, crit):
-            best, choice = s, k
-    return choice
-
-
-def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False, fits=None):
+def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False, fits=None,
+              selector=None):
     """Scores `edge`, fixes it to the chosen op and returns the decision row.
 
     Args:
@@ -51,6 +36,7 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
         by_alpha: keep the op with the largest softmaxed alpha instead (PT-Mag).
         fits: optional callable(op index) -> bool (a budget): the choice is the most
             important op among those that fit; every candidate is still scored.
+        selector: a registered selector's name (default "pt", or "pt_mag" with by_alpha).
     Returns:
         {"kind": "op", "cell", "edge", "node", "input", "alphas", "scores", "acc_before",
          "acc_after", "choice"} (+ "decided_before" for an edge decided or removed earlier,
@@ -74,11 +60,10 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
         row["over_budget"] = [ops[k] for k in candidates if k not in allowed]
         if not allowed:
             raise ValueError(f"{cell_type} edge {edge}: no candidate op fits the budget")
-    if by_alpha:
-        choice = max(allowed, key=lambda k: (alphas[k], -k))
-    else:
-        scores = score_ops(arch, edge, candidates, evaluate)
-        choice = choose_op({k: scores[k] for k in allowed}, crit)
+    chooser = get_selector(selector or ("pt_mag" if by_alpha else "pt"))
+    scores = score_ops(arch, edge, candidates, evaluate) if chooser.scores_ops else {}
+    choice = chooser.choose(scores, alphas, allowed, crit)
+    if scores:
         row["scores"] = {ops[k]: {"loss": s[0], "acc": s[1]} for k, s in scores.items()}
     arch.fix_edge(edge, choice)
     return {**row, "acc_after": tuple(evaluate())[1], "choice": ops[choice]}

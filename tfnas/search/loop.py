@@ -27,6 +27,7 @@ from tfnas.search.optim import MomentumSGD, TorchAdam
 from tfnas.derive import magnitude_genotype
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
+from tfnas.supernet.mixed import MIXED_OPS
 
 RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
              "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
@@ -89,6 +90,10 @@ class SearchLoop:
         if config.batch_size % self.replicas:
             raise WorkdirError(f"--batch_size={config.batch_size} must be divisible by the "
                                f"{self.replicas} replicas")
+        # registered names first: an unknown one fails before any data is read
+        arch_update = ARCH_UPDATES.get(config.arch_update)
+        perturbation = PERTURBATIONS.get(config.perturbation)
+        MIXED_OPS.get(config.mixed_op)
         keras.utils.set_random_seed(config.seed)
         self.data = data if data is not None else load_dataset(
             config.dataset, config.data_dir, config.download, config.limit_examples,
@@ -107,12 +112,12 @@ class SearchLoop:
         if config.steps_per_epoch:
             self.steps = min(self.steps, config.steps_per_epoch)
         self.space = get_space(config.space)
-        self.arch_update = ARCH_UPDATES.get(config.arch_update)()
-        self.perturbation = PERTURBATIONS.get(config.perturbation)()
+        self.arch_update, self.perturbation = arch_update(), perturbation()
         with strategy.scope():
             self.model = build_supernet(self.space, config.channels, config.layers,
                                         self.data.num_classes, self.data.input_shape,
-                                        skip_zero=config.skip_zero_ops)
+                                        skip_zero=config.skip_zero_ops,
+                                        mixed_op=config.mixed_op)
             if config.sync_bn:
                 self.model.set_synchronized_bn(True)
             self.alphas, self.weights = self.model.alphas, self.model.weight_variables

@@ -26,15 +26,13 @@ import time
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
-from tfnas.derive import decide, decision_events, magnitude_genotype
-
-SELECTORS = ("pt", "pt_mag", "magnitude")
+from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
 
 
 @dataclasses.dataclass
 class SelectConfig:
-    selector: str = _f("pt", "pt | pt_mag (progressive tuning, decided by alpha) | magnitude",
-                       SELECTORS)
+    selector: str = _f("pt", "a registered selector: pt | pt_mag (progressive tuning, decided "
+                             "by alpha) | magnitude")
     crit: str = _f("acc", "PT score: accuracy (keep the op whose removal lowers it most) or "
                           "loss (raises it most)", ("acc", "loss"))
     tune_epochs_per_decision: int = _f(5, "supernet tuning epochs between decisions")
@@ -60,7 +58,7 @@ class SelectConfig:
     def validate(self):
         if self.selector not in SELECTORS:
             raise ConfigError(f"--selector={self.selector!r} is invalid: expected one of "
-                              f"{', '.join(SELECTORS)}")
+                              f"{', '.join(SELECTORS.names())}")
         if self.crit not in ("acc", "loss"):
             raise ConfigError(f"--crit={self.crit!r} is invalid: expected acc or loss")
         if self.tune_epochs_per_decision < 0 or self.score_batches < 0 or self.tune_lr < 0:
@@ -74,9 +72,9 @@ class SelectConfig:
                               "and --final_layers must be non-negative")
         if len(budgets) > 1:
             raise ConfigError(f"{' and '.join(budgets)}: give one budget at a time")
-        if budgets and self.selector == "magnitude":
-            raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag (magnitude "
-                              f"makes no decisions to constrain)")
+        if budgets and not get_selector(self.selector).decides:
+            raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag "
+                              f"({self.selector} makes no decisions to constrain)")
         if self.latency_table and not self.max_latency_ms:
             raise ConfigError("--latency_table is used with --max_latency_ms only")
         return self
@@ -156,7 +154,7 @@ class PerturbationSelector:
     def decide(self, kind, ctype, target):
         archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
-                      self.config.selector == "pt_mag", self.budget)
+                      budget=self.budget, selector=self.config.selector)
 
     def tune_after(self, i):
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
@@ -171,7 +169,7 @@ class PerturbationSelector:
         os.makedirs(self.folder, exist_ok=True)
         state = self.checkpointer.restore_latest()
         self.restored_event = state["event"] if state else -1
-        if state is None and self.config.selector != "magnitude":
+        if state is None and get_selector(self.config.selector).decides:
             self.loop.reset_weight_optimizer()  # fresh SGD for projection tuning (REFERENCE 4.2)
         truncate_jsonl(self.scores_path, "event", self.restored_event + 1)
         if self.restored_event >= 0:

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfnas.config import SearchConfig
 from tfnas.derive.budget import Budget, Network, latency_table
+from tfnas.derive.selectors import get_selector
 from tfnas.errors import UsageError, WorkdirError
 from tfnas.io import atomic_write_json, remove_stale_temps
 from tfnas.search import SearchLoop
@@ -60,7 +61,7 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(folder)
     atomic_write_json(sel_cfg, config.to_json())
-    if config.selector == "magnitude":  # the DARTS baseline: no decisions, no tuning
+    if not get_selector(config.selector).decides:  # magnitude: no decisions, no tuning
         # the mixing weights: decisions made during the search (SGAS) count
         genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
     else:

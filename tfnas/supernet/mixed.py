@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnas.registry import Registry
 from tfnas.ops import build_op, serializable
 
 
@@ -144,3 +145,10 @@ class MixedOp(keras.layers.Layer):
         return {**super().get_config(), "op_names": self.op_names, "channels": self.channels,
                 "stride": self.stride, "affine": self.affine, "pool_bn": self.pool_bn,
                 "skip_zero": self.skip_zero}
+
+
+# name -> MixedOp class: what every supernet edge is made of (`--mixed_op`). An entry takes
+# (op_names, channels, stride, affine, pool_bn, skip_zero, name=...) and is called as
+# `layer(x, weights, training)`; e.g. a partial-channel edge (docs/EXTENDING.md).
+MIXED_OPS = Registry("mixed op")
+MIXED_OPS.register("standard", MixedOp)

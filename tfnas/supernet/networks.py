@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, conv2d, serializable
 from tfnas.ops.layers import torch_init
-from tfnas.supernet.mixed import ArchParameters, MixedOp
+from tfnas.supernet.mixed import MIXED_OPS, ArchParameters
 
 
 @serializable
@@ -34,15 +34,17 @@ class StemConv(keras.layers.Layer):
 class SearchCell(keras.layers.Layer):
     """A DARTS search cell: preprocess the two inputs, mixed ops on every edge, concat."""
 
-    def __init__(self, cell_space, channels, reduction, reduction_prev, skip_zero, **kwargs):
+    def __init__(self, cell_space, channels, reduction, reduction_prev, skip_zero,
+                 mixed_op="standard", **kwargs):
         super().__init__(**kwargs)
         self.cell_space, self.reduction = cell_space, reduction
         self.pre0 = (FactorizedReduce(channels, 2, affine=False, name="pre0") if reduction_prev
                      else ReLUConvBN(channels, 1, affine=False, kernel_size=1, name="pre0"))
         self.pre1 = ReLUConvBN(channels, 1, affine=False, kernel_size=1, name="pre1")
         self.edges = [
-            MixedOp(ops, channels, 2 if reduction and j < 2 else 1, affine=False, pool_bn=True,
-                    skip_zero=skip_zero, name=f"edge_{j}_{node}")
+            MIXED_OPS.get(mixed_op)(ops, channels, 2 if reduction and j < 2 else 1,
+                                    affine=False, pool_bn=True, skip_zero=skip_zero,
+                                    name=f"edge_{j}_{node}")
             for (node, j), ops in zip(cell_space.edges, cell_space.ops)]
         self.concat = cell_space.nodes
         self.built = True  # sub-layers build on first call; no symbolic build pass
@@ -59,11 +61,11 @@ class SearchCell(keras.layers.Layer):
 class NB201SearchCell(keras.layers.Layer):
     """An NB201 search cell: every node sums mixed ops from all earlier nodes; output = last."""
 
-    def __init__(self, cell_space, channels, skip_zero, **kwargs):
+    def __init__(self, cell_space, channels, skip_zero, mixed_op="standard", **kwargs):
         super().__init__(**kwargs)
         self.cell_space = cell_space
-        self.edges = [MixedOp(ops, channels, 1, affine=False, pool_bn=False, skip_zero=skip_zero,
-                              name=f"edge_{j}_{node}")
+        self.edges = [MIXED_OPS.get(mixed_op)(ops, channels, 1, affine=False, pool_bn=False,
+                                              skip_zero=skip_zero, name=f"edge_{j}_{node}")
                       for (node, j), ops in zip(cell_space.edges, cell_space.ops)]
         self.built = True
 
@@ -182,10 +184,11 @@ class DartsSupernet(Supernet):
         input_shape: (H, W, C_in) of the images; any size and channel count.
         stem_multiplier: the stem outputs stem_multiplier*C channels.
         skip_zero: skip zero-weight ops (see MixedOp; off by default).
+        mixed_op: the registered edge layer (`MIXED_OPS`; "standard" is MixedOp).
     """
 
     def __init__(self, space, channels=16, layers=8, num_classes=10, input_shape=(32, 32, 3),
-                 stem_multiplier=3, skip_zero=False, **kwargs):
+                 stem_multiplier=3, skip_zero=False, mixed_op="standard", **kwargs):
         super().__init__(**kwargs)
         if space.family != "darts":
             raise ValueError(f"DartsSupernet needs a darts-family space, got {space.family!r}")
@@ -200,7 +203,7 @@ class DartsSupernet(Supernet):
             c = c * 2 if red else c
             ctype = "reduce" if red else "normal"
             self.cells.append(SearchCell(space.cells[ctype], c, red, red_prev, skip_zero,
-                                         name=f"cell_{i}"))
+                                         mixed_op, name=f"cell_{i}"))
             red_prev = red
         self.cell_types = ["reduce" if i in reductions else "normal" for i in range(layers)]
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
@@ -224,7 +227,7 @@ class NB201Supernet(Supernet):
     search cells at C, 2C, 4C joined by residual reduction blocks, BN-ReLU-GAP-dense."""
 
     def __init__(self, space, channels=16, cells_per_stage=5, num_classes=10,
-                 input_shape=(32, 32, 3), skip_zero=False, **kwargs):
+                 input_shape=(32, 32, 3), skip_zero=False, mixed_op="standard", **kwargs):
         super().__init__(**kwargs)
         if space.family != "nb201":
             raise ValueError(f"NB201Supernet needs an nb201-family space, got {space.family!r}")
@@ -235,7 +238,7 @@ class NB201Supernet(Supernet):
             if stage:
                 c *= 2
                 self.body.append(ResidualReduction(c, name=f"reduction_{stage}"))
-            self.body += [NB201SearchCell(space.cells["cell"], c, skip_zero,
+            self.body += [NB201SearchCell(space.cells["cell"], c, skip_zero, mixed_op,
                                           name=f"cell_{stage}_{i}")
                           for i in range(cells_per_stage)]
         self.head_bn = BatchNorm(affine=True, name="head_bn")
