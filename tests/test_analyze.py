@@ -82,13 +82,13 @@ def test_shuffle_swaps_edge_weights_and_restores_them(searched, tmp_path, monkey
     cells = loop.model.cells
     original = [[[v.numpy().copy() for v in e.weights] for e in c.edges] for c in cells]
     seen = []
-    real = analyze._test_accuracy
+    real = analyze.shuffle._test_accuracy
 
     def spy(model, data, **kw):
         seen.append([[[v.numpy().copy() for v in e.weights] for e in c.edges] for c in cells])
         return real(model, data, **kw)
 
-    monkeypatch.setattr(analyze, "_test_accuracy", spy)
+    monkeypatch.setattr(analyze.shuffle, "_test_accuracy", spy)
     res = analyze.shuffle_supernet(loop, trials=2, seed=1, log=lambda s: None)
     assert len(res["after"]) == 2 and 0 <= res["before"] <= 1
     for t, swaps in enumerate(res["swaps"]):

@@ -66,6 +66,9 @@ def _one_epoch(tmp_path, **overrides):
     return loop, before, rec
 
 
+# The built-in entries also run in tests/test_search.py and tests/test_methods.py by default;
+# this contract over every registered entry is part of `-m slow` (about 100 s).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ARCH_UPDATES.names())
 def test_every_arch_update_runs_an_epoch_with_finite_losses(name, tmp_path):
     loop, before, rec = _one_epoch(tmp_path, arch_update=name)
@@ -74,6 +77,7 @@ def test_every_arch_update_runs_an_epoch_with_finite_losses(name, tmp_path):
     assert moved == loop.arch_update.trains_alpha
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PERTURBATIONS.names())
 def test_every_perturbation_runs_an_epoch_with_finite_losses(name, tmp_path):
     _, _, rec = _one_epoch(tmp_path, perturbation=name)

@@ -106,7 +106,7 @@ CASES = {
     "export zero channels": (["export", "--genotype=darts_v2", "--out={sb}/o",
                               "--channels=0"], 2, "--channels=0 is invalid", "{sb}/o"),
     "export unknown format": (["export", "--genotype=darts_v2", "--out={sb}/o",
-                               "--formats=keras,tflite"], 2, "unknown ['tflite']", "{sb}/o"),
+                               "--formats=keras,pdf"], 2, "unknown ['pdf']", "{sb}/o"),
     "malformed flagfile line": (["search", "--flagfile={sb}/bad_line.cfg", "--workdir={sb}/r"],
                                 2, "bad_line.cfg line 3: '--=3' is not a flag", "{sb}/r"),
     "malformed flag": (["search", "--=3", "--workdir={sb}/r"], 2, "'--=3' is not a flag",

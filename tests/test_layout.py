@@ -114,3 +114,24 @@ def test_space_candidates_own_the_none_rule(name):
     kept = {e.op for t in space.cell_types for e in g.cells[t]["edges"]}
     assert ("none" in kept) == (space.family == "nb201" and any(
         "none" in ops for ops in space.cells[space.cell_types[0]].ops))
+
+
+def test_functions_and_modules_stay_small():
+    """No function over 60 lines and no module over ~400 in tfnas/ (issue: one-file
+    extensions need code a reader can take in at once)."""
+    long_functions, long_modules = [], []
+    for dirpath, _, files in os.walk(ROOT):
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            with open(path) as fh:
+                src = fh.read()
+            if src.count("\n") > 420:
+                long_modules.append((f, src.count("\n")))
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 60:
+                        long_functions.append((f, node.name, n))
+    assert not long_functions and not long_modules, (long_functions, long_modules)

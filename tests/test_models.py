@@ -1,6 +1,5 @@
 """Discrete networks, freeze-equivalence, .keras round trip, tfnas train and tfnas export."""
 
-import json
 import os
 
 import keras
@@ -12,13 +11,13 @@ from tfnas.cli import main
 from tfnas.config import TrainConfig
 from tfnas.errors import GenotypeError
 from tfnas.export import export_model
-from tfnas.genotype import Edge, Genotype
+from tfnas.genotype import Genotype
 from tfnas.models import DiscreteCell, build_model
 from tfnas.selection import magnitude_genotype
 from tfnas.supernet import build_supernet
 from tfnas.train import run_train
 
-from helpers import PUBLISHED, SAMPLE, published_genotypes as _published  # noqa: E402
+from helpers import SAMPLE, published_genotypes as _published  # noqa: E402
 
 
 def _trainable_params_m(genotype, entry):

@@ -54,6 +54,7 @@ def test_paper_config_parses_and_validates_for_search_and_select(path):
         assert sel.selector in ("pt", "pt_mag")
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_runs_resumes_and_summarises(tmp_path):
     from test_methods import _fake_table
     table = _fake_table(tmp_path / "nb201.csv")

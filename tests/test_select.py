@@ -84,34 +84,39 @@ def test_cli_select_magnitude_and_errors(searched, tmp_path, capsys):
     assert main(["select", f"--workdir={wd}", "--selector=best"]) == 2
 
 
-def test_tfnas_select_runs_the_oracle_and_matches_the_plain_selector(searched, tmp_path):
+def test_tfnas_select_and_the_keras_tuner_adapter_agree(searched, tmp_path):
     import shutil
 
     import keras_tuner as kt
     from tfnas.selection import (GenotypeHyperModel, PerturbationOracle, PerturbationSelector,
                                  genotype_from_values)
+    from tfnas.selection.oracle import select_with_oracle
     from tfnas.selection.run import load_search
 
     cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=2)
-    wd = str(tmp_path / "tuner")
+    wd = str(tmp_path / "cli")
     shutil.copytree(searched, wd)
     assert main(["select", f"--workdir={wd}", "--tune_epochs_per_decision=1",
                  "--score_batches=2"]) == 0
     written = Genotype.load(os.path.join(wd, "genotype.json"))
+    # one state store: the selector's checkpoints and log, no KerasTuner project
+    assert sorted(os.listdir(os.path.join(wd, "selection"))) == ["checkpoints", "config.json",
+                                                                 "scores.jsonl"]
 
-    # the same events without KerasTuner give the same genotype
-    plain_wd = str(tmp_path / "plain")
-    shutil.copytree(searched, plain_wd)
-    loop = load_search(plain_wd, log=lambda s: None)
-    plain = PerturbationSelector(loop, cfg, os.path.join(plain_wd, "selection"),
-                                 log=lambda s: None).run()
-    assert plain.to_json()["cells"] == written.to_json()["cells"]
+    # the same selector as KerasTuner trials of PerturbationOracle gives the same genotype
+    kt_wd = str(tmp_path / "tuner")
+    shutil.copytree(searched, kt_wd)
+    loop = load_search(kt_wd, log=lambda s: None)
+    folder = os.path.join(kt_wd, "selection")
+    via_oracle = select_with_oracle(PerturbationSelector(loop, cfg, folder, log=lambda s: None),
+                                    folder)
+    assert via_oracle.to_json()["cells"] == written.to_json()["cells"]
 
-    # the KerasTuner project reloads, and its best hyperparameters are genotype.json
+    # the KerasTuner project reloads, and its best hyperparameters are that genotype
     oracle = PerturbationOracle(loop.space, seed=loop.config.seed)
     hm = GenotypeHyperModel(loop.space, 10, (8, 8, 1), channels=4, layers=3)
-    tuner = kt.Tuner(oracle, hypermodel=hm, directory=os.path.join(wd, "selection"),
-                     project_name="tuner", overwrite=False)
+    tuner = kt.Tuner(oracle, hypermodel=hm, directory=folder, project_name="tuner",
+                     overwrite=False)
     assert len(tuner.oracle.trials) == len(oracle.events) + 1
     best = tuner.get_best_hyperparameters()[0]
     assert genotype_from_values(loop.space, best.values).to_json()["cells"] == \

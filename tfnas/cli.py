@@ -16,6 +16,8 @@ from absl import flags as absl_flags
 from absl.flags import argparse_flags
 
 from tfnas.errors import TfnasError, UsageError
+from tfnas.flagfiles import FLAG_LINE as _FLAG_LINE
+from tfnas.flagfiles import expand_flagfiles  # noqa: F401 (part of the CLI's API)
 from tfnas.io import check_folder
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
@@ -78,11 +80,20 @@ def _add_run_flags(p):
 
 
 def build_parser():
-    from tfnas.config import SearchConfig
     parser = _Parser(prog="tfnas", description="Differentiable NAS with perturbation-based "
                                               "architecture selection (DARTS-PT).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_search, _add_select, _add_report, _add_train, _add_analyze, _add_query,
+                _add_listing):
+        add(sub)
+    from tfnas.cli_deploy import add_parsers
+    add_parsers(sub, _bool)
+    return parser
+
+
+def _add_search(sub):
+    from tfnas.config import SearchConfig
     search = sub.add_parser("search", help="train a weight-sharing supernet",
                             description="Train a supernet (DARTS first/second order or fixed "
                                         "alpha) and write the run directory.")
@@ -90,6 +101,8 @@ def build_parser():
     add_config_flags(search, SearchConfig)
     search.set_defaults(handler=cmd_search)
 
+
+def _add_select(sub):
     from tfnas.selection.pt import SelectConfig
     select = sub.add_parser("select", help="select an architecture from a trained supernet",
                             description="Perturbation-based selection (PT), PT-Mag or "
@@ -101,12 +114,16 @@ def build_parser():
     add_config_flags(select, SelectConfig)
     select.set_defaults(handler=cmd_select)
 
+
+def _add_report(sub):
     report = sub.add_parser("report", help="plot cells, alpha vs PT scores, selection",
                             description="Write WORKDIR/report/*.png.")
     report.add_argument("--workdir", required=True, help="a search (and selection) run "
                                                          "directory")
     report.set_defaults(handler=cmd_report)
 
+
+def _add_train(sub):
     from tfnas.config import TrainConfig
     train = sub.add_parser("train", help="retrain a genotype from scratch",
                            description="Retrain a genotype with model.fit; re-running resumes.")
@@ -120,6 +137,8 @@ def build_parser():
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
 
+
+def _add_analyze(sub):
     analyze = sub.add_parser(
         "analyze", help="the paper's diagnostics: strength | shuffle | skip_gap",
         description="strength: alpha vs PT score vs discretisation accuracy at convergence "
@@ -154,6 +173,8 @@ def build_parser():
                          help="seed of random edges, swaps and baselines")
     analyze.set_defaults(handler=cmd_analyze)
 
+
+def _add_query(sub):
     query = sub.add_parser("query", help="look up a NAS-Bench-201 architecture",
                            description="Print the benchmark's accuracies (CIFAR-10, CIFAR-100, "
                                        "ImageNet16-120) and index of an NB201 architecture.")
@@ -167,15 +188,13 @@ def build_parser():
                        help="print one JSON object instead of a table")
     query.set_defaults(handler=cmd_query)
 
+
+def _add_listing(sub):
     listing = sub.add_parser("list", help="list the shipped genotypes or flagfiles",
                              description="zoo: genotype names for --genotype; configs: "
                                          "flagfile names for --flagfile (from any folder).")
     listing.add_argument("what", choices=("zoo", "configs"))
     listing.set_defaults(handler=cmd_list)
-
-    from tfnas.cli_deploy import add_parsers
-    add_parsers(sub, _bool)
-    return parser
 
 
 def cmd_list(args):
@@ -273,78 +292,6 @@ def cmd_search(args):
         print(f"magnitude genotype: {os.path.join(args.workdir, 'genotype_magnitude.json')}")
     print(f"final alphas digest: {genotype.meta['alphas_digest']}", flush=True)
     return 0
-
-
-_FLAG_LINE = re.compile(r"--[A-Za-z_][A-Za-z0-9_-]*(=.*)?", re.DOTALL)
-
-
-def _read_flagfile(path, seen=()):
-    """The flags of a flagfile (absl format: one flag per line, '#' / '//' comments, nested
-    --flagfile lines expanded)."""
-    if path in seen:
-        raise UsageError(f"--flagfile={path} includes itself")
-    if not os.path.exists(path):  # a shipped flagfile by name: paper/table2_darts_pt
-        from tfnas.resources import find_resource
-        path = find_resource("configs", path) or path
-    try:
-        with open(path) as f:
-            lines = [ln.strip() for ln in f]
-    except OSError as e:
-        raise UsageError(f"--flagfile={path}: {e.strerror} (`tfnas list configs` shows the "
-                         f"shipped flagfiles)") from None
-    out = []
-    for number, ln in enumerate(lines, 1):
-        if not ln or ln.startswith("#") or ln.startswith("//"):
-            continue
-        if not _FLAG_LINE.fullmatch(ln):
-            shown = ln if len(ln) <= 60 else ln[:57] + "..."
-            raise UsageError(f"--flagfile={path} line {number}: {shown!r} is not a flag "
-                             f"(expected --name=value, --name, or a # comment)")
-        if ln.startswith("--flagfile="):
-            out += _read_flagfile(ln.split("=", 1)[1], (*seen, path))
-        else:
-            out.append(ln)
-    return out
-
-
-# Flags that belong to the other stage of an experiment flagfile (one file serves both
-# `tfnas search` and `tfnas select`): dropped when they come from a flagfile.
-def _foreign_flags(command):
-    from tfnas.config import SearchConfig
-    from tfnas.selection.pt import SelectConfig
-    search = {f.name for f in dataclasses.fields(SearchConfig)}
-    select = {f.name for f in dataclasses.fields(SelectConfig)}
-    if command == "search":
-        return select - search
-    if command == "select":
-        return search  # incl. --seed: in an experiment file it is the search's seed
-    return set()
-
-
-def expand_flagfiles(argv):
-    """Expands --flagfile arguments in place; for `search` and `select`, flags from a file
-    that belong to the other stage are dropped (explicit command-line flags never are)."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    foreign = _foreign_flags(command) if command in ("search", "select") else set()
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        path = None
-        if arg.startswith("--flagfile="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--flagfile" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 1
-        if path is None:
-            out.append(arg)
-        else:
-            for flag in _read_flagfile(path):
-                name = flag[2:].split("=", 1)[0]
-                if name.startswith("no") and name[2:] in foreign:
-                    name = name[2:]
-                if name not in foreign:
-                    out.append(flag)
-        i += 1
-    return out
 
 
 def main(argv=None):

@@ -159,7 +159,7 @@ def cmd_export(args):
     formats, shape = _check_export_args(args)
     genotype = Genotype.load(args.genotype)
     model = _load_model(args, genotype, shape)
-    form = args.form or ("nb201" if genotype.family == "nb201" else "cifar")
+    form = args.form or genotype.space_obj.default_form
     if any(type(layer).__name__ == "ImageNetStem" for layer in model.layers):
         form = "imagenet"
     calib, evaluation, meta = _export_data(args, model, form)

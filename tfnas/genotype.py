@@ -175,11 +175,11 @@ class Genotype:
             seen[e.node].append(e.input)
         for node in nodes:
             n_in = len(seen[node])
-            want = 2 if space.family == "darts" else node
+            want = space.inputs_per_node or node  # NB201: every earlier node
             if n_in != want:
                 raise GenotypeError(f"{loc}: node {node} has {n_in} input edge(s), expected "
                                     f"{want}")
-        if space.family == "darts":
+        if space.concat(ctype) is not None:  # a cell that concatenates (DARTS family)
             if any(e.op == "none" for e in cell["edges"]):
                 raise GenotypeError(f"{loc}: a DARTS-family cell cannot keep a 'none' edge")
             concat = cell["concat"] if cell["concat"] is not None else nodes

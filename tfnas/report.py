@@ -16,9 +16,9 @@ from tfnas.io import atomic_path, read_jsonl, remove_stale_temps
 
 def _draw_cell(ax, genotype, ctype, title):
     cell = genotype.cells[ctype]
-    darts = genotype.family == "darts"
+    inputs = list(genotype.space_obj.cell_inputs)
+    darts = len(inputs) == 2
     nodes = sorted({e.node for e in cell["edges"]})
-    inputs = [0, 1] if darts else [0]
     order = inputs + nodes
     pos = {n: (i, (i % 2) * 0.6) for i, n in enumerate(order)}
     names = {0: "c_{k-2}", 1: "c_{k-1}"} if darts else {0: "in"}
@@ -63,7 +63,22 @@ def write_report(workdir):
     out = os.path.join(workdir, "report")
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
+    rows = read_jsonl(os.path.join(workdir, "selection", "scores.jsonl"))
+    ops_rows = [r for r in rows if r["kind"] == "op" and r["scores"]]
+    figures = [("cells.png", _cells_figure(plt, found))]
+    if ops_rows:
+        figures.append(("alpha_vs_pt.png", _alpha_vs_pt_figure(plt, ops_rows)))
+    if rows:
+        figures.append(("selection.png", _selection_figure(plt, rows)))
     written = []
+    for name, fig in figures:
+        written.append(os.path.join(out, name))
+        _savefig(fig, written[-1])
+        plt.close(fig)
+    return written
+
+
+def _cells_figure(plt, found):
     ctypes = found[0][1].space_obj.cell_types
     fig, axes = plt.subplots(len(ctypes), len(found), figsize=(6 * len(found),
                                                                2.6 * len(ctypes)),
@@ -73,50 +88,44 @@ def write_report(workdir):
             label = g.meta.get("selector", "magnitude")
             _draw_cell(axes[row][col], g, ctype, f"{os.path.basename(p)} ({label}): {ctype}")
     fig.tight_layout()
-    written.append(os.path.join(out, "cells.png"))
-    _savefig(fig, written[-1])
-    plt.close(fig)
+    return fig
 
-    rows = read_jsonl(os.path.join(workdir, "selection", "scores.jsonl"))
-    ops_rows = [r for r in rows if r["kind"] == "op" and r["scores"]]
-    if ops_rows:
-        n = len(ops_rows)
-        cols = min(4, n)
-        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols,
-                                                                     2.6 * math.ceil(n / cols)),
-                                 squeeze=False)
-        handles = None
-        for ax, r in zip(axes.flat, ops_rows):
-            names = list(r["scores"])
-            xs = range(len(names))
-            h1 = ax.bar([x - 0.2 for x in xs], [r["alphas"][o] for o in names], 0.4,
-                        color="tab:blue")
-            ax2 = ax.twinx()
-            h2 = ax2.bar([x + 0.2 for x in xs], [r["scores"][o]["acc"] for o in names], 0.4,
-                         color="tab:orange")
-            handles = handles or (h1, h2)
-            ax.set_xticks(list(xs), [o.replace("_conv", "").replace("_3x3", "3")
-                                     .replace("_5x5", "5") for o in names],
-                          rotation=45, fontsize=6)
-            ax.set_title(f"{r['cell']} {r['input']}->{r['node']}: {r['choice']}", fontsize=8)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        fig.legend(handles, ["softmax(alpha) (left axis)",
-                             "supernet accuracy with the op removed (right axis)"],
-                   loc="lower center", ncol=2, fontsize=8)
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
-        written.append(os.path.join(out, "alpha_vs_pt.png"))
-        _savefig(fig, written[-1])
-        plt.close(fig)
-    if rows:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        accs = [r["acc_after"] for r in rows]
-        ax.plot(range(1, len(accs) + 1), accs, marker="o")
-        ax.set_xlabel("decision (one per cell type and event)")
-        ax.set_ylabel("supernet accuracy after it")
-        ax.set_title("supernet accuracy during selection")
-        fig.tight_layout()
-        written.append(os.path.join(out, "selection.png"))
-        _savefig(fig, written[-1])
-        plt.close(fig)
-    return written
+
+def _alpha_vs_pt_figure(plt, ops_rows):
+    n = len(ops_rows)
+    cols = min(4, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols,
+                                                                 2.6 * math.ceil(n / cols)),
+                             squeeze=False)
+    handles = None
+    for ax, r in zip(axes.flat, ops_rows):
+        names = list(r["scores"])
+        xs = range(len(names))
+        h1 = ax.bar([x - 0.2 for x in xs], [r["alphas"][o] for o in names], 0.4,
+                    color="tab:blue")
+        ax2 = ax.twinx()
+        h2 = ax2.bar([x + 0.2 for x in xs], [r["scores"][o]["acc"] for o in names], 0.4,
+                     color="tab:orange")
+        handles = handles or (h1, h2)
+        ax.set_xticks(list(xs), [o.replace("_conv", "").replace("_3x3", "3")
+                                 .replace("_5x5", "5") for o in names],
+                      rotation=45, fontsize=6)
+        ax.set_title(f"{r['cell']} {r['input']}->{r['node']}: {r['choice']}", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.legend(handles, ["softmax(alpha) (left axis)",
+                         "supernet accuracy with the op removed (right axis)"],
+               loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def _selection_figure(plt, rows):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    accs = [r["acc_after"] for r in rows]
+    ax.plot(range(1, len(accs) + 1), accs, marker="o")
+    ax.set_xlabel("decision (one per cell type and event)")
+    ax.set_ylabel("supernet accuracy after it")
+    ax.set_title("supernet accuracy during selection")
+    fig.tight_layout()
+    return fig

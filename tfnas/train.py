@@ -20,40 +20,65 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     history.csv, history.json, tb/, backup/ (BackupAndRestore state while running).
     Returns the Keras History.
     """
-    import numpy as np
     import tensorflow as tf
-    from tfnas.data import Pipeline, load_dataset
-    from tfnas.models import build_model, set_drop_path
-    from tfnas.optimizers import EpochCosine, ReferenceSGD
+    from tfnas.data import load_dataset
+    from tfnas.models import build_model
 
     config.validate()
     check_folder(workdir, "--workdir")
     out = os.path.join(workdir, "train")
-    cfg_path = os.path.join(out, "config.json")
     record = {"config": config.to_json(), "genotype": genotype.to_json()}
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        old["config"] = {**{k: v for k, v in type(config)().to_json().items()
-                            if k not in old.get("config", {})}, **old.get("config", {})}
-        if old != json.loads(dumps(record)):
-            raise WorkdirError(f"{out} holds a training run with a different config or "
-                               f"genotype; use another --workdir")
+    _check_same_run(os.path.join(out, "config.json"), record, config)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
     # the data is read and validated before anything is written into the workdir
     data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples,
                         config.skip_bad_images)
-    _check_cutout(config, data, style="imagenet" if config.form == "imagenet" else "cifar")
+    style = "imagenet" if config.form == "imagenet" else "cifar"
+    _check_cutout(config, data, style)
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
-    atomic_write_json(cfg_path, record)
-    style = "imagenet" if config.form == "imagenet" else "cifar"
+    atomic_write_json(os.path.join(out, "config.json"), record)
+    train_ds, val_ds, steps = _datasets(config, data, style)
+    with strategy.scope():
+        model = build_model(genotype, data.num_classes, data.input_shape, config.channels,
+                            config.layers, auxiliary=config.auxiliary,
+                            drop_path=config.drop_path, form=config.form)
+        _compile(model, config, steps)
+    callbacks = _callbacks(model, config, out, has_validation=val_ds is not None)
+    log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
+        f"parameters, {steps} steps per epoch, {config.epochs} epochs")
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+                        validation_data=val_ds, callbacks=callbacks + list(extra_callbacks),
+                        verbose=verbose)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    atomic_write_json(os.path.join(out, "history.json"), hist)
+    return history
+
+
+def _check_same_run(cfg_path, record, config):
+    """An existing train/ must hold the same config (fields added later count as their
+    defaults) and genotype."""
+    if not os.path.exists(cfg_path):
+        return
+    with open(cfg_path) as f:
+        old = json.load(f)
+    old["config"] = {**{k: v for k, v in type(config)().to_json().items()
+                        if k not in old.get("config", {})}, **old.get("config", {})}
+    if old != json.loads(dumps(record)):
+        raise WorkdirError(f"{os.path.dirname(cfg_path)} holds a training run with a different "
+                           f"config or genotype; use another --workdir")
+
+
+def _datasets(config, data, style):
+    """(training batches, repeated; test batches or None; steps per epoch)."""
+    import numpy as np
+    import tensorflow as tf
+    from tfnas.data import Pipeline
     if style == "imagenet":  # the reference's fixed ImageNet normalisation
         data.mean, data.std = IMAGENET_STATS
     pipe = Pipeline(data, config.batch_size, config.seed, config.cutout and style == "cifar",
                     config.cutout_length, style=style)
-    steps = max(1, len(data.x_train) // config.batch_size)
     n_cls = data.num_classes
 
     def targets(x, y):
@@ -62,31 +87,36 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
 
     train_ds = pipe.train(np.arange(len(data.x_train)), 0, cutout_prob=1.0 if config.cutout
                           else 0.0, repeat=True).map(targets)
-    val_ds = None
-    if len(data.x_test):
-        val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets)
+    val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets) if len(data.x_test) \
+        else None
+    return train_ds, val_ds, max(1, len(data.x_train) // config.batch_size)
+
+
+def _compile(model, config, steps):
+    """The reference's step: global clip of the summed gradient, coupled L2, torch momentum,
+    a cosine stepped per epoch (or x0.97 per epoch for ImageNet)."""
+    from tfnas.optimizers import EpochCosine, ReferenceSGD
     if config.lr_schedule == "cosine":
         lr = EpochCosine(config.lr, config.epochs, steps)
     else:
         lr = keras.optimizers.schedules.ExponentialDecay(config.lr, steps, 0.97, staircase=True)
-    with strategy.scope():
-        model = build_model(genotype, n_cls, data.input_shape, config.channels, config.layers,
-                            auxiliary=config.auxiliary, drop_path=config.drop_path,
-                            form=config.form)
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                    label_smoothing=config.label_smoothing)
-        # The reference's step: global clip of the summed gradient, coupled L2, torch momentum.
-        opt = ReferenceSGD(lr, momentum=config.momentum, l2=config.weight_decay,
-                           clip_global_norm=config.grad_clip)
-        if config.auxiliary:
-            model.compile(opt, loss={"logits": loss, "aux_logits": loss},
-                          loss_weights={"logits": 1.0, "aux_logits": config.auxiliary_weight},
-                          metrics={"logits": ["accuracy"]})
-        else:
-            model.compile(opt, loss=loss, metrics=["accuracy"])
-    monitor = ("val_logits_accuracy" if config.auxiliary else "val_accuracy") if val_ds \
-        else "loss"
-    callbacks = [
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                label_smoothing=config.label_smoothing)
+    opt = ReferenceSGD(lr, momentum=config.momentum, l2=config.weight_decay,
+                       clip_global_norm=config.grad_clip)
+    if config.auxiliary:
+        model.compile(opt, loss={"logits": loss, "aux_logits": loss},
+                      loss_weights={"logits": 1.0, "aux_logits": config.auxiliary_weight},
+                      metrics={"logits": ["accuracy"]})
+    else:
+        model.compile(opt, loss=loss, metrics=["accuracy"])
+
+
+def _callbacks(model, config, out, has_validation):
+    from tfnas.models import set_drop_path
+    monitor = ("val_logits_accuracy" if config.auxiliary else "val_accuracy") \
+        if has_validation else "loss"
+    return [
         FiniteGuard(),  # first: a non-finite loss stops fit before any callback saves
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
@@ -96,14 +126,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
                         history=os.path.join(out, "history.csv")),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
-    ] + list(extra_callbacks)
-    log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
-        f"parameters, {steps} steps per epoch, {config.epochs} epochs")
-    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                        validation_data=val_ds, callbacks=callbacks, verbose=verbose)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    atomic_write_json(os.path.join(out, "history.json"), hist)
-    return history
+    ]
 
 
 class FiniteGuard(keras.callbacks.Callback):

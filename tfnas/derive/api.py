@@ -91,16 +91,8 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         UsageError: an unknown selector or criterion, an empty dataset, or a budget that no
             architecture of the space meets.
     """
-    if selector not in SELECTORS:
-        raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
-                         f"{', '.join(SELECTORS.names())}")
-    chooser = get_selector(selector)
-    if crit not in ("acc", "loss"):
-        raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
+    chooser = _check_select_args(selector, crit, budget)
     space = supernet.space
-    if budget is not None and not chooser.decides:
-        raise UsageError(f"select: a budget applies to selectors that decide edges, not "
-                         f"{selector!r}")
     archs = {t: supernet.arch(t) for t in space.cell_types}
     if budget is not None:
         budget.check_feasible(archs)
@@ -127,6 +119,20 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     if budget is not None:
         genotype.meta["budget"] = dict(budget.to_json(), cost=budget.cost(genotype))
     return genotype
+
+
+def _check_select_args(selector, crit, budget):
+    """The registered selector's instance, or a UsageError for bad arguments."""
+    if selector not in SELECTORS:
+        raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
+                         f"{', '.join(SELECTORS.names())}")
+    chooser = get_selector(selector)
+    if crit not in ("acc", "loss"):
+        raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
+    if budget is not None and not chooser.decides:
+        raise UsageError(f"select: a budget applies to selectors that decide edges, not "
+                         f"{selector!r}")
+    return chooser
 
 
 def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=False,

@@ -209,7 +209,7 @@ class Budget:
             for node in cspace.nodes:
                 costs = sorted(self._edge_cost(ctype, e, arch, override)
                                for e in cspace.node_edges(node) if live[e])
-                total += sum(costs[:2] if self.space.family == "darts" else costs)
+                total += sum(costs[:self.space.inputs_per_node])
         return total
 
     def check_feasible(self, archs):

@@ -36,12 +36,11 @@ def magnitude_genotype(space, weights, meta=None):
         edges = []
         for node in cspace.nodes:
             eids = cspace.node_edges(node)
-            if space.family == "darts":
-                eids = sorted(eids, key=lambda e: -best[e][1])[:2]  # stable: ties keep earlier
+            if space.inputs_per_node:  # stable sort: ties keep the earlier edge
+                eids = sorted(eids, key=lambda e: -best[e][1])[:space.inputs_per_node]
             for e in sorted(eids):
                 edges.append(Edge(node, cspace.edges[e][1], cspace.ops[e][best[e][0]]))
-        cells[ctype] = {"edges": edges,
-                        "concat": list(cspace.nodes) if space.family == "darts" else None}
+        cells[ctype] = {"edges": edges, "concat": space.concat(ctype)}
     g = Genotype(space.ref, cells, dict(meta or {}, selector="magnitude"))
     g.validate("magnitude genotype")
     return g

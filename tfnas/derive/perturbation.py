@@ -84,7 +84,7 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remo
     eids = [e for e in cspace.node_edges(node) if live[e]]
     before = tuple(evaluate())
     rounds = []
-    while len(eids) > 2:
+    while len(eids) > space.inputs_per_node:
         results = {}
         for e in eids:
             arch.remove_edge(e)
@@ -113,9 +113,8 @@ def decision_events(space, seed):
     orders = {t: rng.permutation(space.cells[t].num_edges).tolist() for t in space.cell_types}
     for i in range(space.cells[space.cell_types[0]].num_edges):
         events.append(("op", {t: orders[t][i] for t in space.cell_types}))
-    if space.family == "darts":
-        nodes = {t: [n for n in space.cells[t].nodes if len(space.cells[t].node_edges(n)) > 2]
-                 for t in space.cell_types}
+    nodes = {t: space.topology_nodes(t) for t in space.cell_types}
+    if any(nodes.values()):
         node_orders = {t: [nodes[t][k] for k in rng.permutation(len(nodes[t]))]
                        for t in space.cell_types}
         for i in range(len(nodes[space.cell_types[0]])):

@@ -44,7 +44,7 @@ def build_model(genotype, num_classes, input_shape, channels=36, layers=20, auxi
     if not isinstance(genotype, Genotype):
         genotype = Genotype.load(genotype)
     family = genotype.family
-    form = form or ("nb201" if family == "nb201" else "cifar")
+    form = form or genotype.space_obj.default_form
     if form not in FORMS:
         raise UsageError(f"model form {form!r} is unknown; expected one of {', '.join(FORMS)}")
     if (form == "nb201") != (family == "nb201"):

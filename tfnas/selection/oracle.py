@@ -45,12 +45,11 @@ def declare_space(hp, space):
         cspace = space.cells[ctype]
         for e, (node, inp) in enumerate(cspace.edges):
             labels[op_label(ctype, node, inp)] = _op_choices(space, ctype, e)
-        if space.family == "darts":
-            for node in cspace.nodes:
-                inputs = [cspace.edges[e][1] for e in cspace.node_edges(node)]
-                if len(inputs) > 2:
-                    labels[node_label(ctype, node)] = [f"{a},{b}" for a, b in
-                                                       itertools.combinations(inputs, 2)]
+        for node in space.topology_nodes(ctype):
+            inputs = [cspace.edges[e][1] for e in cspace.node_edges(node)]
+            labels[node_label(ctype, node)] = [",".join(map(str, c)) for c in
+                                               itertools.combinations(inputs,
+                                                                      space.inputs_per_node)]
     for label, choices in labels.items():
         hp.Choice(label, choices)
     return labels
@@ -63,11 +62,10 @@ def genotype_from_values(space, values, meta=None):
         cspace, edges = space.cells[ctype], []
         for node in cspace.nodes:
             inputs = [cspace.edges[e][1] for e in cspace.node_edges(node)]
-            if space.family == "darts" and len(inputs) > 2:
+            if node in space.topology_nodes(ctype):
                 inputs = [int(v) for v in values[node_label(ctype, node)].split(",")]
             edges += [Edge(node, j, values[op_label(ctype, node, j)]) for j in inputs]
-        cells[ctype] = {"edges": edges,
-                        "concat": list(cspace.nodes) if space.family == "darts" else None}
+        cells[ctype] = {"edges": edges, "concat": space.concat(ctype)}
     g = Genotype(space.ref, cells, dict(meta or {}))
     g.validate("hyperparameters")
     return g

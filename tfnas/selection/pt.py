@@ -151,6 +151,12 @@ class PerturbationSelector:
         """The supernet's (loss, accuracy) on the alpha split under the current masks."""
         return self.loop.evaluate(self.config.score_batches, self.config.bn_batch_stats)
 
+    def decide_op(self, ctype, edge):
+        return self.decide("op", ctype, edge)
+
+    def decide_topology(self, ctype, node):
+        return self.decide("topology", ctype, node)
+
     def decide(self, kind, ctype, target):
         archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,

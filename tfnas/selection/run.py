@@ -1,5 +1,5 @@
 """`tfnas select` as a library call on a search run directory: load the searched supernet,
-run the selector (PT and PT-Mag through KerasTuner), write the genotype."""
+run the selector (with its checkpoints: resumable), write the genotype."""
 
 import json
 import os
@@ -13,7 +13,6 @@ from tfnas.derive.selectors import get_selector
 from tfnas.errors import UsageError, WorkdirError
 from tfnas.io import atomic_write_json, remove_stale_temps
 from tfnas.search import SearchLoop
-from tfnas.selection.oracle import select_with_oracle
 from tfnas.selection.pt import PerturbationSelector, SelectConfig
 
 
@@ -40,10 +39,10 @@ def load_search(workdir, log=print, strategy=None):
 
 def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     """Selects an architecture from the finished search in `workdir`; writes
-    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints,
-    tuner/}). PT and PT-Mag run as KerasTuner trials of a `PerturbationOracle` (one trial per
-    decision event); re-running resumes from the KerasTuner project and the selector's
-    checkpoint of the last finished event."""
+    WORKDIR/genotype.json (and WORKDIR/selection/{config.json, scores.jsonl, checkpoints}).
+    The selector's checkpoint of the last finished decision event is the one state store:
+    re-running resumes there. (The same selector runs under KerasTuner through
+    `tfnas.selection.oracle.select_with_oracle`.)"""
     config.validate()
     loop = load_search(workdir, log, strategy)
     folder = os.path.join(workdir, "selection")
@@ -65,8 +64,7 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
         # the mixing weights: decisions made during the search (SGAS) count
         genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
     else:
-        genotype = select_with_oracle(PerturbationSelector(loop, config, folder, log, budget),
-                                      folder)
+        genotype = PerturbationSelector(loop, config, folder, log, budget).run()
     if loop.benchmark is not None:  # the search's --benchmark_table (NAS-Bench-201)
         genotype.meta["benchmark"] = loop.benchmark.query_genotype(genotype)
         log("benchmark: " + ", ".join(f"{k} {v}" for k, v in genotype.meta["benchmark"].items()))

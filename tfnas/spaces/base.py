@@ -95,6 +95,36 @@ class SearchSpace:
         ops = self.cells[cell_type].ops[edge]
         return [k for k, op in enumerate(ops) if self.family == "nb201" or op != "none"]
 
+    # --- the family rules, owned here (callers ask the space, not its family) ---------------
+    @property
+    def inputs_per_node(self):
+        """How many input edges a derived node keeps: 2 (DARTS family; the others are
+        dropped by topology decisions) or None (NB201: every edge stays, `none` included)."""
+        return 2 if self.family == "darts" else None
+
+    def topology_nodes(self, cell_type):
+        """Nodes whose kept inputs are decided (more inputs than a node keeps)."""
+        keep = self.inputs_per_node
+        cspace = self.cells[cell_type]
+        return [] if keep is None else [n for n in cspace.nodes
+                                        if len(cspace.node_edges(n)) > keep]
+
+    def concat(self, cell_type):
+        """The nodes a derived cell concatenates (DARTS family: every intermediate node), or
+        None where the cell's output is its last node (NB201)."""
+        return list(self.cells[cell_type].nodes) if self.family == "darts" else None
+
+    @property
+    def default_form(self):
+        """The discrete network a genotype of this space builds by default
+        (`tfnas.build_model` forms: "cifar" for the DARTS family, "nb201")."""
+        return "nb201" if self.family == "nb201" else "cifar"
+
+    @property
+    def cell_inputs(self):
+        """The input states of a cell: (0, 1) = c_{k-2}, c_{k-1} (DARTS family), (0,) NB201."""
+        return (0, 1) if self.family == "darts" else (0,)
+
     def to_json(self):
         return {"name": self.name, "family": self.family,
                 "cells": {t: [list(o) for o in c.ops] for t, c in self.cells.items()}}
