@@ -33,7 +33,8 @@ setup(
         "tensorboard",
         "scipy",
         "tf2onnx>=1.16",
-        "onnxruntime",
+        "onnxruntime",  # also its quantization tools (int8 export), which need onnx:
+        "onnx",
         "absl-py>=2.0",
         "scikit-learn",
         "numpy",
