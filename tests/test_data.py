@@ -71,3 +71,37 @@ def test_npz_and_folder(tmp_path):
     assert set(load_dataset(f"folder:{tmp_path / 'imgs'}", limit=3).y_train.tolist()) == {0, 1}
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(f"folder:{tmp_path / 'nope'}")
+
+
+def _spec_for(kind, folder):
+    """An offline spec for every registered dataset kind (tfds ones through mock_data)."""
+    rng = np.random.default_rng(0)
+    if kind == "npz":
+        np.savez(folder / "d.npz", x_train=rng.integers(0, 255, (12, 5, 5, 3), dtype=np.uint8),
+                 y_train=np.arange(12) % 3)
+        return f"npz:{folder / 'd.npz'}"
+    if kind == "folder":
+        from PIL import Image
+        for i in range(6):
+            path = folder / "imgs" / "train" / f"c{i % 2}"
+            path.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
+                path / f"{i}.png")
+        return f"folder:{folder / 'imgs'}"
+    return kind
+
+
+def test_every_registered_dataset_meets_the_contract(tmp_path):
+    """uint8 NHWC images, int64 labels inside 0..num_classes-1, per-channel normalisation."""
+    import tensorflow_datasets as tfds
+    from tfnas.data import DATASETS, ArrayData
+    for kind in DATASETS.names():
+        spec = _spec_for(kind, tmp_path)
+        with tfds.testing.mock_data(num_examples=20):
+            d = load_dataset(spec)
+        assert isinstance(d, ArrayData), kind
+        assert d.x_train.dtype == np.uint8 and d.x_train.ndim == 4, kind
+        assert d.y_train.dtype == np.int64 and 0 <= d.y_train.min(), kind
+        assert d.y_train.max() < d.num_classes and d.num_classes >= 2, kind
+        assert len(d.mean) == len(d.std) == d.input_shape[-1], kind
+        assert len(d.x_train) == len(d.y_train) and len(d.x_test) == len(d.y_test), kind

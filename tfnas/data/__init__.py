@@ -197,7 +197,9 @@ def load_folder(spec, data_dir="", download=False, skip_bad_images=False, **_):
     if not os.path.isdir(path):
         raise DataError(f"image folder {path} does not exist")
     parts = {}
-    subsets = ("train", "test") if os.path.isdir(os.path.join(path, "train")) else ("",)
+    subsets = ("",)
+    if os.path.isdir(os.path.join(path, "train")):  # PATH/test is optional
+        subsets = ("train",) + (("test",) if os.path.isdir(os.path.join(path, "test")) else ())
     class_names, size = None, None
     for sub in subsets:
         root = os.path.join(path, sub) if sub else path
