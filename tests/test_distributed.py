@@ -25,10 +25,39 @@ def test_mirrored_two_replicas_match_one_device():
     out = subprocess.run([sys.executable, os.path.join(HERE, "dist_check.py"), HERE],
                          capture_output=True, text=True, timeout=600, env=_env())
     assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    r = json.loads(lines[-2])
+    # mask / decide / remove assign whole variables: a sliced assign reached only replica 0
+    assert json.loads(lines[-1])["selection_state_replica_diff"] == 0.0
     assert r["replicas"] == 2
     assert r["replica_diff"] == 0.0           # alphas identical on both replicas
     assert r["alpha_diff"] < 1e-5 and r["weight_diff"] < 1e-5, r   # sync BN: same as 1 device
+    # one batched all-reduce per gradient list (alpha step, weight step), not one per variable
+    assert r["reductions_per_step"]["gradient_batches"] == 2, r
+    assert r["reductions_per_step"]["reduce"] < r["weights"] // 10, r
+
+
+@pytest.mark.slow
+def test_select_on_two_replicas_makes_the_one_device_decisions(searched, tmp_path):
+    """`tfnas select --strategy=mirrored` on 2 logical CPUs (synchronized BN while scoring
+    and tuning) decides every edge and node as the default strategy does."""
+    import shutil
+    rows = {}
+    for name, extra in (("one", []), ("two", ["--strategy=mirrored", "--cpu_devices=2"])):
+        wd = tmp_path / name
+        shutil.copytree(searched, wd)
+        out = subprocess.run([sys.executable, "-m", "tfnas.cli", "select", f"--workdir={wd}",
+                              "--tune_epochs_per_decision=1", "--score_batches=2",
+                              "--crit=loss"] + extra,
+                             capture_output=True, text=True, timeout=900, env=_env())
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows[name] = [json.loads(line) for line in open(wd / "selection" / "scores.jsonl")]
+    assert len(rows["one"]) == len(rows["two"]) > 0
+    for a, b in zip(rows["one"], rows["two"]):
+        assert a.get("choice") == b.get("choice") and a.get("kept_inputs") == b.get(
+            "kept_inputs"), (a, b)
+        for op, s in a.get("scores", {}).items():  # the loss: continuous, unlike accuracy
+            assert abs(s["loss"] - b["scores"][op]["loss"]) < 1e-3, (a, b)
 
 
 def _free_ports(n):
@@ -106,3 +135,47 @@ def test_lost_worker_ends_the_others_with_one_line(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("tfnas: error: lost contact with worker 1"), last
     assert "Restart all workers with the same command" in last
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_two_logical_cpus(tmp_path):
+    """tools/gpu_check.py, prepared for the first GPU machine, runs end to end on CPU."""
+    out_json = tmp_path / "gc.json"
+    out = subprocess.run([sys.executable, os.path.join(HERE, "..", "tools", "gpu_check.py"),
+                          "--cpu_devices=2", "--channels=4", "--layers=3", "--steps=2",
+                          "--batch_per_replica=16", "--decision_batches=1",
+                          f"--out={out_json}"], capture_output=True, text=True, timeout=600,
+                         env=_env(), cwd=os.path.join(HERE, ".."))
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out_json.read_text())
+    assert r["replicas"] == 2 and r["alphas_identical"] and r["loss_finite"]
+    assert r["images_per_s"] > 0 and r["pt_decision"]["ops_scored"] == 7
+    assert r["pt_decision"]["choice"] != "none"
+
+
+_STATE_SCRIPT = r"""
+from tfnas.distribute import split_cpu
+split_cpu(2)
+import json, numpy as np, tensorflow as tf
+from tfnas.supernet.mixed import ArchParameters
+st = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with st.scope():
+    a = ArchParameters([3, 3, 2])
+a.mask_op(0, 1); a.fix_edge(1, 2); a.remove_edge(2)
+print(json.dumps({v.name: [np.asarray(x).ravel().tolist()
+                           for x in st.experimental_local_results(v._value)]
+                  for v in (a.op_mask, a.fixed_w, a.is_fixed, a.edge_mask)}))
+"""
+
+
+def test_selection_state_reaches_every_replica():
+    """PT masks, SGAS / PT decisions and topology removals are seen by every replica (a
+    sliced assign of a mirrored variable changes only the first replica's copy)."""
+    out = subprocess.run([sys.executable, "-c", _STATE_SCRIPT], capture_output=True,
+                         text=True, timeout=300, env=_env(), cwd=os.path.join(HERE, ".."))
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, (first, second) in state.items():
+        assert first == second, (name, first, second)
+    assert state["op_mask"][1][:3] == [1.0, 0.0, 1.0]
+    assert state["is_fixed"][1] == [0.0, 1.0, 0.0] and state["edge_mask"][1] == [1.0, 1.0, 0.0]

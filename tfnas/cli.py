@@ -72,9 +72,14 @@ def _add_run_flags(p):
     p.add_argument("--workdir", required=True, help="the run directory (created or resumed)")
     p.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
                    help="discard what the workdir holds and start again")
-    p.add_argument("--strategy", default="default",
-                   choices=("default", "mirrored", "multi_worker"),
-                   help="tf.distribute strategy; multi_worker reads TF_CONFIG")
+    _add_strategy_flags(p)
+
+
+def _add_strategy_flags(p, choices=("default", "mirrored", "multi_worker")):
+    p.add_argument("--strategy", default="default", choices=choices,
+                   help="tf.distribute strategy" + ("; multi_worker reads TF_CONFIG"
+                                                    if "multi_worker" in choices else
+                                                    " (one machine: its GPUs or --cpu_devices)"))
     p.add_argument("--cpu_devices", type=int, default=0,
                    help="split the CPU into N logical devices (to run 'mirrored' on a CPU)")
 
@@ -111,6 +116,7 @@ def _add_select(sub):
     select.add_argument("--workdir", required=True, help="a finished search run directory")
     select.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
                         help="start the selection again")
+    _add_strategy_flags(select, ("default", "mirrored"))
     add_config_flags(select, SelectConfig)
     select.set_defaults(handler=cmd_select)
 
@@ -129,11 +135,7 @@ def _add_train(sub):
                            description="Retrain a genotype with model.fit; re-running resumes.")
     train.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
     train.add_argument("--workdir", required=True, help="run directory (writes WORKDIR/train)")
-    train.add_argument("--strategy", default="default",
-                       choices=("default", "mirrored", "multi_worker"),
-                       help="tf.distribute strategy; multi_worker reads TF_CONFIG")
-    train.add_argument("--cpu_devices", type=int, default=0,
-                       help="split the CPU into N logical devices (to run 'mirrored' on a CPU)")
+    _add_strategy_flags(train)
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
 
@@ -147,6 +149,7 @@ def _add_analyze(sub):
                     "search (Figure 3). Writes WORKDIR/analysis/KIND.{json,png}.")
     analyze.add_argument("kind", choices=("strength", "shuffle", "skip_gap"))
     analyze.add_argument("--workdir", required=True, help="a finished search run directory")
+    _add_strategy_flags(analyze, ("default", "mirrored"))
     analyze.add_argument("--edges", default="", help="strength: CELL:INDEX,... e.g. normal:3")
     analyze.add_argument("--random_edges", type=int, default=0,
                          help="strength: K random edges (from --seed) instead of --edges")
@@ -208,11 +211,13 @@ def cmd_list(args):
 
 
 def cmd_select(args):
+    from tfnas.distribute import make_strategy
     from tfnas.selection.pt import SelectConfig
     from tfnas.selection.run import run_select
     check_folder(args.workdir, "--workdir", must_exist=True)
+    strategy, _ = make_strategy(args.strategy, args.cpu_devices)  # before devices initialise
     config = _config_from_args(args, SelectConfig).validate()
-    genotype = run_select(args.workdir, config, args.overwrite)
+    genotype = run_select(args.workdir, config, args.overwrite, strategy)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
     if "budget" in genotype.meta:
         b = genotype.meta["budget"]
@@ -223,8 +228,10 @@ def cmd_select(args):
 
 
 def cmd_analyze(args):
-    from tfnas import analyze
+    from tfnas.distribute import make_strategy
     check_folder(args.workdir, "--workdir", must_exist=True)
+    strategy, _ = make_strategy(args.strategy, args.cpu_devices)  # before devices initialise
+    from tfnas import analyze
     for name in ("max_epochs", "trials", "baseline_epochs"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected a "
@@ -235,10 +242,10 @@ def cmd_analyze(args):
     if args.kind == "strength":
         analyze.run_strength(args.workdir, args.edges, args.random_edges, args.max_epochs,
                              args.patience, args.tune_lr, args.ops, args.score_batches,
-                             args.seed)
+                             args.seed, strategy=strategy)
     elif args.kind == "shuffle":
         analyze.run_shuffle(args.workdir, args.trials, args.seed, args.baselines,
-                            args.baseline_epochs)
+                            args.baseline_epochs, strategy=strategy)
     else:
         analyze.run_skip_gap(args.workdir, args.cell, args.versus)
     folder = os.path.join(args.workdir, "analysis")

@@ -133,8 +133,9 @@ def shuffle_baselines(data, epochs=5, trials=5, seed=0, log=print):
     return out
 
 
-def run_shuffle(workdir, trials=5, seed=0, baselines=False, baseline_epochs=5, log=print):
-    loop = load_search(workdir, log=log)
+def run_shuffle(workdir, trials=5, seed=0, baselines=False, baseline_epochs=5, log=print,
+                strategy=None):
+    loop = load_search(workdir, log=log, strategy=strategy)
     result = {"supernet": shuffle_supernet(loop, trials, seed, log)}
     if baselines:
         result.update(shuffle_baselines(loop.data, baseline_epochs, trials, seed, log))

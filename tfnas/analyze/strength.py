@@ -70,13 +70,13 @@ def _finished_rows(path, settings):
 
 
 def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, lr=0.0025,
-                 ops="", score_batches=0, seed=0, log=print):
+                 ops="", score_batches=0, seed=0, log=print, strategy=None):
     """Discretisation accuracy at convergence of every op on the chosen edges.
 
     Each (edge, op) result is appended to analysis/strength.jsonl as soon as it finishes; a
     rerun skips those. Returns the summary dict also written to analysis/strength.json.
     """
-    loop = load_search(workdir, log=log)
+    loop = load_search(workdir, log=log, strategy=strategy)
     space = loop.space
     targets = strength_targets(space, edges, random_edges, seed, ops)
     folder = _out_dir(workdir)

@@ -169,8 +169,13 @@ class SearchLoop:
             # e.g. the reduce alpha of a net too shallow to have a reduction cell
             return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         per_replica = self.strategy.run(replica_fn, args=batch)
-        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
-                for g in per_replica]
+        if self.replicas == 1:
+            return [self.strategy.experimental_local_results(g)[0] for g in per_replica]
+        # One batched all-reduce of the whole list (packed into as few collectives as the
+        # cross-device ops allow), not one reduction per variable.
+        reduced = self.strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, [(g, g) for g in per_replica])
+        return [self.strategy.experimental_local_results(r)[0] for r in reduced]
 
     def reduced_loss(self, batch, probs=None, training=True):
         """The global mean loss of a batch (no gradients)."""

@@ -68,15 +68,23 @@ class ArchParameters(keras.layers.Layer):
                      soft * self.op_mask.value)
         return w * self.edge_mask.value[:, None]
 
-    # --- selection state (call outside `strategy.run`: assigns reach every replica) -----------
+    # --- selection state (call outside `strategy.run`) ----------------------------------------
+    # Every change assigns the whole variable: under MirroredStrategy a sliced assign
+    # (`v[i].assign(x)`) reaches only the first replica's copy, and the replicas would then
+    # score, train and decide with different masks.
+    def _set(self, var, index, value):
+        new = np.array(var.numpy())
+        new[index] = value
+        var.assign(new)
+
     def fix_edge(self, edge, op_index):
         row = np.zeros(self.shape[1], np.float32)
         row[op_index] = 1.0
-        self.fixed_w[edge].assign(row)
-        self.is_fixed[edge].assign(1.0)
+        self._set(self.fixed_w, edge, row)
+        self._set(self.is_fixed, edge, 1.0)
 
     def mask_op(self, edge, op_index):
-        self.op_mask[edge, op_index].assign(0.0)
+        self._set(self.op_mask, (edge, op_index), 0.0)
 
     def reset_op_mask(self):
         self.op_mask.assign(self._valid)
@@ -90,7 +98,7 @@ class ArchParameters(keras.layers.Layer):
         return self.edge_mask.numpy() > 0.5
 
     def remove_edge(self, edge, removed=True):
-        self.edge_mask[edge].assign(0.0 if removed else 1.0)
+        self._set(self.edge_mask, edge, 0.0 if removed else 1.0)
 
     def get_config(self):
         return {**super().get_config(), "ops_per_edge": self.ops_per_edge}

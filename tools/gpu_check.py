@@ -1,0 +1,128 @@
+"""A short, prepared check of the multi-GPU path (run it whenever a GPU machine is lent).
+
+On every visible GPU under `MirroredStrategy` (or, for a dry run, on N logical CPUs with
+`--cpu_devices=N`), with synthetic CIFAR-shaped data:
+
+  1. a first-order DARTS search step (synchronized BN), timed: global and per-device img/s,
+     seconds from launch to the end of the first step;
+  2. the alphas after the timed steps are bit-identical on every replica;
+  3. peak memory per GPU (tf.config.experimental.get_memory_info);
+  4. one whole PT op decision on the mirrored supernet (score before, every op masked, after).
+
+Prints one JSON object (also written to --out). Mixed precision is not checked: tfnas has no
+`--mixed_precision` yet (issue 11); the check says so in its output.
+
+    python tools/gpu_check.py                          # all visible GPUs, C16 L8, 64 per GPU
+    python tools/gpu_check.py --cpu_devices=2 --channels=4 --layers=3 --steps=2   # dry run
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cpu_devices", type=int, default=0,
+                   help="dry run on N logical CPU devices instead of GPUs")
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch_per_replica", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed steps after one warm-up step")
+    p.add_argument("--decision_batches", type=int, default=4)
+    p.add_argument("--out", default="gpu_check.json")
+    return p.parse_args()
+
+
+def _synthetic(folder, n, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    path = os.path.join(folder, "synthetic.npz")
+    np.savez(path, x_train=rng.integers(0, 255, (n, 32, 32, 3), np.uint8),
+             y_train=rng.integers(0, 10, n))
+    return path
+
+
+def _memory(devices):
+    import tensorflow as tf
+    out = {}
+    for d in devices:
+        if "GPU" in d.upper():
+            try:
+                info = tf.config.experimental.get_memory_info(d.split("device:")[-1])
+                out[d] = {"peak_gb": info["peak"] / 1e9, "current_gb": info["current"] / 1e9}
+            except (ValueError, RuntimeError) as e:
+                out[d] = {"error": str(e)[:200]}
+    return out
+
+
+def main():
+    a = _args()
+    t_launch = time.time()
+    import tensorflow as tf
+    from tfnas.distribute import split_cpu
+    gpus = tf.config.list_physical_devices("GPU")
+    if a.cpu_devices:
+        split_cpu(a.cpu_devices)
+    elif not gpus:
+        sys.exit("gpu_check: no GPU visible (tf.config.list_physical_devices('GPU') is empty); "
+                 "use --cpu_devices=N for a dry run on CPU")
+    import numpy as np
+    from tfnas.config import SearchConfig
+    from tfnas.search import SearchLoop
+    from tfnas.selection.pt import PerturbationSelector, SelectConfig
+    devices = ([d.name for d in tf.config.list_logical_devices("CPU")] if a.cpu_devices
+               else [d.name for d in tf.config.list_logical_devices("GPU")])
+    strategy = tf.distribute.MirroredStrategy(devices)
+    replicas = strategy.num_replicas_in_sync
+    batch = a.batch_per_replica * replicas
+    tmp = tempfile.mkdtemp()
+    data = _synthetic(tmp, max(4, 2 * a.decision_batches) * batch)
+    cfg = SearchConfig(dataset=f"npz:{data}", space="darts", channels=a.channels,
+                       layers=a.layers, batch_size=batch, epochs=1, sync_bn=True).validate()
+    loop = SearchLoop(cfg, os.path.join(tmp, "run"), strategy, is_chief=False,
+                      log=lambda s: None)
+    train, valid = loop._datasets(0)
+    bt, bv = next(iter(train)), next(iter(valid))
+    loss = float(loop._step_fn(bt, bv))
+    first_step_s = time.time() - t_launch
+    times = []
+    for _ in range(a.steps):
+        t0 = time.time()
+        loss = float(loop._step_fn(bt, bv))
+        times.append(time.time() - t0)
+    median = float(np.median(times)) if times else float("nan")
+    spread = max(float(np.max(np.abs(np.asarray(r) - np.asarray(
+        strategy.experimental_local_results(v)[0]))))
+        for v in loop.alphas for r in strategy.experimental_local_results(v))
+    selector = PerturbationSelector(loop, SelectConfig(score_batches=a.decision_batches),
+                                    os.path.join(tmp, "selection"), log=lambda s: None)
+    t0 = time.time()
+    row = selector.decide_op(loop.space.cell_types[0], 0)
+    report = {
+        "devices": devices, "replicas": replicas, "gpus_visible": len(gpus),
+        "config": {"space": "darts", "channels": a.channels, "layers": a.layers,
+                   "global_batch": batch, "sync_bn": True, "arch_update": "first_order"},
+        "first_step_s": first_step_s, "median_step_s": median,
+        "images_per_s": batch / median, "images_per_s_per_device": batch / median / replicas,
+        "loss_finite": bool(np.isfinite(loss)),
+        "alphas_max_replica_difference": spread, "alphas_identical": spread == 0.0,
+        "memory": _memory(devices),
+        "pt_decision": {"seconds": time.time() - t0, "choice": row["choice"],
+                        "ops_scored": len(row["scores"]), "batches": a.decision_batches},
+        "mixed_precision": "not checked: tfnas has no --mixed_precision yet",
+        "versions": {"tensorflow": tf.__version__},
+    }
+    text = json.dumps(report, indent=1)
+    with open(a.out, "w") as f:
+        f.write(text + "\n")
+    print(text)
+    ok = report["alphas_identical"] and report["loss_finite"]
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
