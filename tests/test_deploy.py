@@ -185,14 +185,16 @@ def test_export_cli_int8_top1_and_profile_from_a_trained_model_file(tmp_path):
     (["--formats=onnx", "--int8"], "--int8 needs calibration images: pass --data"),
     (["--formats=onnx,pdf"], "--formats: unknown ['pdf']"),
     (["--profile", "--batch_sizes=1,x"], "--batch_sizes='1,x' is invalid"),
+    (["--formats=onnx", "--int8", "--data=nope"], "unknown dataset 'nope'; registered: "),
 ])
 def test_export_refuses_bad_deployment_flags_before_work(tmp_path, capsys, args, message):
     out = tmp_path / "out"
     rc = main(["export", "--genotype=darts_v2", f"--out={out}", "--channels=4",
                "--layers=3"] + args)
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1
-    assert not out.exists()
+    assert not out.exists() and "exporting" not in captured.out  # refused before any work
 
 
 def test_profile_refuses_a_folder_that_is_not_an_export(tmp_path, capsys):

@@ -96,6 +96,9 @@ def _check_export_args(args):
                          "--calibration_images > 0)")
     if args.profile:
         _ints(args.batch_sizes, "batch_sizes")
+    if args.data:  # an unknown dataset name fails before the model is built
+        from tfnas.data import DATASETS, dataset_kind
+        DATASETS.get(dataset_kind(args.data))
     check_export_out(args.out, args.overwrite)  # before any work
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
