@@ -157,7 +157,7 @@ def _export_data(args, model, form):
 
 
 def cmd_export(args):
-    from tfnas.export import count_macs, export_model
+    from tfnas.export import export_model
     from tfnas.genotype import Genotype
     formats, shape = _check_export_args(args)
     genotype = Genotype.load(args.genotype)
@@ -169,12 +169,9 @@ def cmd_export(args):
     report = export_model(model, args.out, formats, args.opset, initialised=not args.weights,
                           overwrite=args.overwrite, int8=args.int8, calibration=calib,
                           evaluation=evaluation, meta=meta)
-    from tfnas.deploy import to_builtin
-    deployed = to_builtin(model)
-    macs = count_macs(deployed, tuple(model.input_shape[1:]))
     print(f"exported to {args.out}: {', '.join(report['max_abs_diff'])}; parameters "
-          f"{deployed.count_params():,} (deployed: no auxiliary head, BN folded); "
-          f"multiply-adds {macs / 1e6:.1f} M per image; max abs diff "
+          f"{report['params']:,} (deployed: no auxiliary head, BN folded); "
+          f"multiply-adds {report['macs'] / 1e6:.1f} M per image; max abs diff "
           + ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items()))
     if report["top1"]:
         print("top-1 on " + f"{report['evaluated_images']} test images: " + ", ".join(

@@ -16,7 +16,7 @@ import numpy as np
 from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
 from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
-from tfnas.io import _UMASK, MARKER, TMP_PREFIX, check_folder, dumps
+from tfnas.io import MARKER, TMP_PREFIX, check_folder, dumps, umask_mode
 
 FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 DEFAULT_FORMATS = ("keras", "savedmodel", "onnx")
@@ -42,12 +42,11 @@ def count_macs(model, input_shape):
     return int(info.total_float_ops // 2)
 
 
-def check_formats(formats, int8=False, calibration=None):
-    """Validates the requested formats and int8 options before any work.
+def check_formats(formats, int8=False):
+    """Validates the requested formats and --int8 before any work.
 
     Raises:
-        UsageError: unknown or no formats; --int8 without an int8-capable format or without
-            calibration images.
+        UsageError: unknown or no formats; --int8 without an int8-capable format.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -56,9 +55,6 @@ def check_formats(formats, int8=False, calibration=None):
     if int8 and not set(formats) & set(INT8_FORMATS):
         raise UsageError(f"--int8 quantizes {' and '.join(INT8_FORMATS)}; add one of them to "
                          f"--formats")
-    if int8 and calibration is not None and not len(calibration):
-        raise UsageError("--int8 needs calibration images: pass --data (and "
-                         "--calibration_images > 0)")
 
 
 def check_export_out(out, overwrite=False):
@@ -107,9 +103,10 @@ def export_model(model, out, formats=DEFAULT_FORMATS, opset=17, batch=2, seed=0,
         ParityError: a float format differs from Keras by more than TOLERANCE.
     """
     formats = tuple(formats)
-    check_formats(formats, int8, calibration if int8 else None)
-    if int8 and calibration is None:
-        raise UsageError("--int8 needs calibration images: pass --data")
+    check_formats(formats, int8)
+    if int8 and (calibration is None or not len(calibration)):
+        raise UsageError("--int8 needs calibration images: pass --data (and "
+                         "--calibration_images > 0)")
     check_export_out(out, overwrite)
     tmp = _make_temp(out)
     try:
@@ -156,7 +153,7 @@ def _swap_into_place(tmp, out, overwrite):
         old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)),
                                prefix=_temp_prefix(out))
         os.replace(out, os.path.join(old, "previous"))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp made it 0700
+    umask_mode(tmp, 0o777)
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)
@@ -171,6 +168,7 @@ def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evalu
     serving = to_builtin(model)
     report = {"input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
               "graph": "built-in Keras layers, BN folded into convolutions",
+              "params": int(serving.count_params()), "macs": count_macs(serving, shape),
               "max_abs_diff": {}, "top1": {},
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     written = []

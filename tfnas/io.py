@@ -51,7 +51,7 @@ def atomic_write_text(path, text, mode="w"):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        _umask_mode(tmp)
+        umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,7 +72,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
-        _umask_mode(tmp)
+        umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -84,9 +84,10 @@ _UMASK = os.umask(0o022)  # read once at import (os.umask is process-wide), then
 os.umask(_UMASK)
 
 
-def _umask_mode(path):
-    """mkstemp makes 0600 files; give the final file the mode a plain open() would."""
-    os.chmod(path, 0o666 & ~_UMASK)
+def umask_mode(path, mode=0o666):
+    """mkstemp / mkdtemp make 0600 / 0700 entries; give `path` the mode a plain open()
+    (0o666) or makedirs (0o777) would."""
+    os.chmod(path, mode & ~_UMASK)
 
 
 def atomic_write_json(path, obj):

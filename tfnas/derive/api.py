@@ -135,8 +135,8 @@ def _check_select_args(selector, crit, budget):
     return chooser
 
 
-def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=False,
-           budget=None, selector=None):
+def decide(archs, space, kind, ctype, target, evaluate, crit="acc", budget=None,
+           selector="pt"):
     """One decision of an event ("op": edge `target`; "topology": node `target`) on the
     ArchParameters `archs[ctype]`, within `budget` when given (the row then holds
     "budget_bound": the cheapest final cost still reachable after it)."""
@@ -144,7 +144,8 @@ def decide(archs, space, kind, ctype, target, evaluate, crit="acc", by_alpha=Fal
     if kind == "op":
         fits = None if budget is None else (
             lambda k: budget.op_fits(archs, ctype, target, k))
-        row = decide_op(arch, space, ctype, target, evaluate, crit, by_alpha, fits, selector)
+        row = decide_op(arch, space, ctype, target, evaluate, crit, fits=fits,
+                        selector=selector)
     else:
         can_remove = None if budget is None else (
             lambda e: budget.removal_fits(archs, ctype, e))

@@ -91,6 +91,15 @@ def _edge_inputs(cspace, shape, reduction):
             yield e, 1, shape
 
 
+def _op_instances(space, model):
+    """(cell type, edge, op index, op name, input shape, channels, stride) of every
+    candidate op of every cell of the discrete network `model`."""
+    for ctype, channels, shape, reduction in _cells(model):
+        for e, stride, edge_shape in _edge_inputs(space.cells[ctype], shape, reduction):
+            for k, name in enumerate(space.cells[ctype].ops[e]):
+                yield ctype, e, k, name, edge_shape, channels, stride
+
+
 class OpCoster:
     """Cost of one candidate op at one input shape and stride, cached."""
 
@@ -154,10 +163,8 @@ class Budget:
         model = _build(ref, network)
         self.table = {t: [np.zeros(len(ops)) for ops in space.cells[t].ops]
                       for t in space.cell_types}
-        for ctype, channels, shape, reduction in _cells(model):
-            for e, stride, edge_shape in _edge_inputs(space.cells[ctype], shape, reduction):
-                for k, name in enumerate(space.cells[ctype].ops[e]):
-                    self.table[ctype][e][k] += coster(name, edge_shape, channels, stride)
+        for ctype, e, k, name, shape, channels, stride in _op_instances(space, model):
+            self.table[ctype][e][k] += coster(name, shape, channels, stride)
         self.fixed = self._total(model, latency) - self._edges_cost(ref)
 
     def _total(self, model, latency):
@@ -185,12 +192,18 @@ class Budget:
         return self.fixed + self._edges_cost(genotype)
 
     # --- bounds over the selection state ---------------------------------------------------
-    def _edge_cost(self, ctype, e, arch, override):
-        if override is not None and override[:2] == (ctype, e):
-            return self.table[ctype][e][override[2]]
-        if arch.decided()[e]:
-            return self.table[ctype][e][int(np.argmax(arch.fixed_w.numpy()[e]))]
-        return min(self.table[ctype][e][k] for k in self.space.candidates(ctype, e))
+    def _edge_costs(self, ctype, arch, override):
+        """Per edge: the decided op's cost, or the cheapest candidate's (state read once)."""
+        decided, fixed = arch.decided(), np.argmax(arch.fixed_w.numpy(), axis=-1)
+        costs = []
+        for e, table in enumerate(self.table[ctype]):
+            if override is not None and override[:2] == (ctype, e):
+                costs.append(table[override[2]])
+            elif decided[e]:
+                costs.append(table[int(fixed[e])])
+            else:
+                costs.append(min(table[k] for k in self.space.candidates(ctype, e)))
+        return costs
 
     def lower_bound(self, archs, override=None, removed=None):
         """The cheapest final cost still reachable.
@@ -206,9 +219,9 @@ class Budget:
             live = arch.live().copy()
             if removed is not None and removed[0] == ctype:
                 live[removed[1]] = False
+            edge_costs = self._edge_costs(ctype, arch, override)
             for node in cspace.nodes:
-                costs = sorted(self._edge_cost(ctype, e, arch, override)
-                               for e in cspace.node_edges(node) if live[e])
+                costs = sorted(edge_costs[e] for e in cspace.node_edges(node) if live[e])
                 total += sum(costs[:self.space.inputs_per_node])
         return total
 
@@ -277,12 +290,10 @@ def latency_table(space, network, threads=1, runs=30, warmup=5, log=print):
 
     table = {}
     ref = _build(_reference_genotype(space), network)
-    for ctype, channels, shape, reduction in _cells(ref):
-        for e, stride, edge_shape in _edge_inputs(space.cells[ctype], shape, reduction):
-            for name in space.cells[ctype].ops[e]:
-                key = op_key(name, edge_shape, stride)
-                if name != "none" and key not in table:
-                    table[key] = measure(_single_op(name, edge_shape, channels, stride)[1])
-                    log(f"  {key}: {table[key]:.3f} ms")
+    for _, _, _, name, shape, channels, stride in _op_instances(space, ref):
+        key = op_key(name, shape, stride)
+        if name != "none" and key not in table:
+            table[key] = measure(_single_op(name, shape, channels, stride)[1])
+            log(f"  {key}: {table[key]:.3f} ms")
     table["network@" + _network_key(network)] = measure(to_builtin(ref))
     return table
