@@ -88,27 +88,55 @@ def _start_workers(tmp_path, epochs, prefix):
     return procs
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes(tmp_path):
-    procs = _start_workers(tmp_path, epochs=2, prefix="run_worker")
-    results = []
+def _finish(procs):
     try:
-        for p in procs:
-            results.append(p.communicate(timeout=600))
+        results = [p.communicate(timeout=600) for p in procs]
     finally:  # only on a timeout or error: never leave a worker behind
         for q in procs:
             if q.poll() is None:
                 q.kill()
-    outs = []
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
-        outs.append(out)
+    return [out for out, _ in results]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(tmp_path):
+    outs = _finish(_start_workers(tmp_path, epochs=2, prefix="run_worker"))
     digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]
     assert digests[0] == digests[1]
     chief, other = tmp_path / "run_worker0", tmp_path / "run_worker1"
     assert (chief / "genotype_magnitude.json").exists()
     assert len(os.listdir(chief / "checkpoints")) == 2
     assert not other.exists()  # only the chief writes
+
+
+@pytest.mark.slow
+def test_workers_with_local_disks_resume_from_the_chiefs_state(tmp_path):
+    """Each worker has its own --workdir (local disks: only the chief's holds checkpoints).
+    The cluster is killed after epoch 2 of 3 and restarted: worker 1, with no checkpoint of
+    its own, resumes at the chief's epoch with the chief's state, and both end with the
+    alphas of an uninterrupted run."""
+    import signal
+    reference = _finish(_start_workers(tmp_path, epochs=3, prefix="u"))
+    want = re.search(r"final alphas digest: (\w+)", reference[0]).group(1)
+    procs = _start_workers(tmp_path, epochs=3, prefix="w")
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("epoch 2/3"):  # printed after the epoch's checkpoint
+                break
+        procs[1].send_signal(signal.SIGKILL)
+        procs[0].communicate(timeout=120)
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    assert not (tmp_path / "w1").exists()  # nothing to resume from on worker 1's disk
+    outs = _finish(_start_workers(tmp_path, epochs=3, prefix="w"))
+    assert "resuming" in outs[0] and "resuming" in outs[1], outs
+    assert "epoch 1/3" not in outs[1]  # worker 1 did not start from scratch
+    digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]
+    assert digests == [want, want], (digests, want)
 
 
 @pytest.mark.slow

@@ -198,3 +198,35 @@ def test_same_seed_same_weights_in_a_new_process():
     outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=300).stdout.strip().splitlines()[-1] for _ in range(2)]
     assert outs[0] == outs[1]
+
+
+def test_steps_per_execution_changes_nothing_but_the_host_reads(tmp_path):
+    """Several steps per tf.function call: the same alphas as one step per call, 2 calls for
+    an epoch of 4 steps at 3 per call (3 + 1), and a run may resume with another value."""
+    one = run_search(tiny_config(str(tmp_path)), str(tmp_path / "one"), log=lambda s: None)
+    cfg = tiny_config(str(tmp_path), steps_per_execution=3)
+    loop = SearchLoop(cfg, str(tmp_path / "three"), tf.distribute.get_strategy(),
+                      log=lambda s: None)
+    calls = []
+    inner = loop._steps_fn
+    loop._steps_fn = lambda *a: calls.append(int(a[2])) or inner(*a)
+    loop_module.prepare_workdir(str(tmp_path / "three"), cfg, False)
+    three = loop.run()
+    assert calls == [3, 1, 3, 1]  # 2 epochs
+    assert three.meta["alphas_digest"] == one.meta["alphas_digest"]
+    # the finished run, started again with another value: the same run (nothing refused)
+    again = run_search(tiny_config(str(tmp_path), steps_per_execution=4), str(tmp_path / "one"),
+                       log=lambda s: None)
+    assert again.meta["alphas_digest"] == one.meta["alphas_digest"]
+    with pytest.raises(WorkdirError, match="lr: 0.025 -> 0.01"):  # others still count
+        run_search(tiny_config(str(tmp_path), steps_per_execution=4, lr=0.01),
+                   str(tmp_path / "one"), log=lambda s: None)
+
+
+@pytest.mark.parametrize("spe", [1, 4])
+def test_non_finite_loss_is_caught_at_its_own_step_whatever_the_steps_per_call(
+        tmp_path, monkeypatch, spe):
+    cfg = tiny_config(str(tmp_path), epochs=2, grad_clip=0.0, steps_per_execution=spe)
+    monkeypatch.setattr(loop_module, "cosine_lr", lambda e, *a: 0.025 if e == 0 else 1e30)
+    with pytest.raises(TrainingError, match=r"became (nan|inf) at epoch 1 step 1;"):
+        run_search(cfg, str(tmp_path / "run"), log=lambda s: None)

@@ -279,7 +279,8 @@ def cmd_train(args):
     from tfnas.config import TrainConfig
     from tfnas.distribute import make_strategy
     from tfnas.genotype import Genotype
-    from tfnas.train import run_train
+    from tfnas.train import check_strategy, run_train
+    check_strategy(args.strategy)
     config = _config_from_args(args, TrainConfig).validate()
     genotype = Genotype.load(args.genotype)
     strategy, _ = make_strategy(args.strategy, args.cpu_devices)
@@ -311,6 +312,9 @@ def main(argv=None):
         from tfnas.extensions import load_extensions
         load_extensions()  # $TFNAS_EXTENSIONS and `tfnas.extensions` entry points
         args = build_parser().parse_args(expand_flagfiles(list(argv)))
+        if os.environ.get("TFNAS_TRACEBACK"):  # the whole traceback, Keras frames included
+            import keras
+            keras.config.disable_traceback_filtering()
         return args.handler(args)
     except TfnasError as e:
         print(f"tfnas: error: {e}", file=sys.stderr)

@@ -93,13 +93,17 @@ class SearchConfig:
     ckpt_every: int = _f(1, "checkpoint every N epochs")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     jit_compile: bool = _f(False, "XLA-compile the step (slower on CPU; try on GPU)")
+    steps_per_execution: int = _f(1, "search steps per tf.function call: the host reads the "
+                                     "losses once per call, so GPUs are not stalled by a "
+                                     "sync per step; a non-finite loss still stops at its "
+                                     "own step. Results do not depend on it")
 
     def validate(self):
         """Raises ConfigError naming the field, the value and what is expected."""
         def need(cond, name, expected):
             _need(self, cond, name, expected)
         for name in ("epochs", "batch_size", "channels", "layers", "eval_every", "ckpt_every",
-                     "keep_checkpoints", "cutout_length"):
+                     "keep_checkpoints", "cutout_length", "steps_per_execution"):
             need(getattr(self, name) > 0, name, "a positive integer")
         for name in ("limit_examples", "steps_per_epoch"):
             need(getattr(self, name) >= 0, name, "0 or a positive integer")

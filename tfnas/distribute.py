@@ -56,3 +56,99 @@ def make_strategy(name="default", cpu_devices=0):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices), True
     return tf.distribute.get_strategy(), True
+
+
+def num_workers(strategy):
+    """Worker processes a strategy spans (1 for the default and mirrored strategies)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
+
+
+_STATE_BYTES = 8192
+_HALF = 2 ** 24  # integers travel as two float32 parts below this
+
+
+def _pack(v, is_int):
+    """One float32 tensor per variable (the all-reduce packs tensors of one dtype)."""
+    import tensorflow as tf
+    if not is_int:
+        return tf.identity(v)
+    x = tf.cast(v, tf.int64)
+    hi = tf.math.floordiv(x, _HALF)
+    return tf.cast(tf.stack([hi, x - hi * _HALF]), tf.float32)
+
+
+def _unpack(t, v, is_int):
+    import tensorflow as tf
+    if not is_int:
+        return t
+    parts = tf.cast(t, tf.int64)
+    return tf.cast(parts[0] * _HALF + parts[1], v.dtype)
+
+
+def _state_buffer(state, is_chief):
+    """The chief's JSON state as float32 bytes followed by the length (zeros elsewhere)."""
+    import json
+    import numpy as np
+    blob = json.dumps(state).encode() if is_chief else b""
+    if len(blob) > _STATE_BYTES:
+        raise ValueError(f"loop state of {len(blob)} bytes exceeds {_STATE_BYTES}")
+    buf = np.zeros(_STATE_BYTES + 1, np.float32)
+    buf[:len(blob)] = np.frombuffer(blob, np.uint8)
+    buf[-1] = len(blob)
+    return buf
+
+
+def broadcast_from_chief(strategy, is_chief, variables, state):
+    """Makes every worker hold the chief's values of `variables` and the chief's `state`.
+
+    A multi-worker run resumes from the chief's checkpoint whatever the disk layout: workers
+    with their own local disks (no checkpoint, or an older one) take the chief's variables
+    and loop state (epoch, ...). One batched all-reduce where only the chief's first replica
+    contributes: SUM of the values and zeros, exact for every finite float32 (integer
+    counters travel as two float32 parts of 24 bits, exact below 2**48). A no-op for a
+    single worker.
+
+    Args:
+        variables: the variables a checkpoint holds (mirrored; float32 or integer).
+        state: the chief's JSON-serialisable loop state (None: no checkpoint); ignored on the
+            other workers.
+
+    Returns:
+        The chief's state (None when the chief had none).
+    """
+    import json
+    import numpy as np
+    import tensorflow as tf
+    if num_workers(strategy) == 1:
+        return state
+    buf = _state_buffer(state, is_chief)
+    integer = [tf.as_dtype(v.dtype).is_integer for v in variables]
+    for v, is_int in zip(variables, integer):
+        if is_int and is_chief and np.abs(v.numpy()).max(initial=0) >= 2 ** 48:
+            raise ValueError(f"{v.path}: integer state beyond 2**48 cannot be broadcast")
+        if not is_int and tf.as_dtype(v.dtype) != tf.float32:
+            raise ValueError(f"{v.path}: only float32 and integer state can be broadcast")
+
+    def contribution(buf_t):
+        ctx = tf.distribute.get_replica_context()
+        first = tf.logical_and(tf.constant(bool(is_chief)),
+                               tf.equal(ctx.replica_id_in_sync_group, 0))
+        keep = lambda t: tf.where(first, t, tf.zeros_like(t))  # noqa: E731
+        return [keep(buf_t)] + [keep(_pack(v, i)) for v, i in zip(variables, integer)]
+
+    @tf.function
+    def reduce(buf_t):
+        per_replica = strategy.run(contribution, args=(buf_t,))
+        summed = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM,
+                                                   [(t, t) for t in per_replica])
+        return [strategy.experimental_local_results(t)[0] for t in summed]
+
+    out = reduce(tf.constant(buf))
+    for v, value, is_int in zip(variables, out[1:], integer):
+        v.assign(_unpack(value, v, is_int))
+    got = out[0].numpy()
+    return json.loads(got[:int(got[-1])].astype(np.uint8).tobytes().decode())

@@ -12,6 +12,21 @@ from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def check_strategy(name):
+    """Retraining runs on one machine (default or mirrored).
+
+    Raises:
+        UsageError: `multi_worker`: Keras 3.15's model.fit cannot average its logged metrics
+            under MultiWorkerMirroredStrategy (it reduces scalars along axis 0).
+    """
+    if name == "multi_worker":
+        raise UsageError("tfnas train --strategy=multi_worker is not supported: Keras 3's "
+                         "model.fit cannot average its logged metrics under "
+                         "MultiWorkerMirroredStrategy (it reduces scalars along axis 0 and "
+                         "fails at the first epoch); retrain on one machine with "
+                         "--strategy=mirrored (all its GPUs)")
+
+
 def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto",
               extra_callbacks=()):
     """Trains the discrete network of `genotype`; resumes an interrupted run in `workdir`.

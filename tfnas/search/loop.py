@@ -7,7 +7,6 @@ global gradient (TF_NOTES 1) and alphas stay identical on every replica.
 
 import math
 import os
-import shutil
 import socket
 import sys
 import time
@@ -24,51 +23,16 @@ from tfnas.io import (append_jsonl, atomic_write_json, check_folder, fmt_time,
                       remove_stale_temps, truncate_jsonl)
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.optim import MomentumSGD, TorchAdam
+from tfnas.search.workdir import prepare_workdir
 from tfnas.derive import magnitude_genotype
+from tfnas.distribute import broadcast_from_chief, num_workers
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
 
-RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
-             "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
-
-
 def cosine_lr(epoch, epochs, lr, lr_min):
     """PyTorch's CosineAnnealingLR(T_max=epochs, eta_min) value at `epoch`."""
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
-def prepare_workdir(workdir, config, overwrite, is_chief=True):
-    """Creates the run directory, or checks that an existing one ran the same config.
-
-    Raises:
-        WorkdirError: the workdir holds a different config and `overwrite` is False.
-    """
-    cfg_path = os.path.join(workdir, "config.json")
-    if os.path.exists(cfg_path) and not overwrite:
-        import json
-        with open(cfg_path) as f:
-            old = json.load(f)
-        new = config.to_json()
-        # keys added in later versions count as their defaults (an old run still resumes)
-        defaults = type(config)().to_json()
-        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
-            raise WorkdirError(f"workdir {workdir} holds a run with a different config ({shown}); "
-                               f"use another --workdir, or --overwrite to discard it")
-        return
-    if is_chief:
-        if overwrite:
-            for name in RUN_FILES:
-                p = os.path.join(workdir, name)
-                if os.path.isdir(p):
-                    shutil.rmtree(p)
-                elif os.path.exists(p):
-                    os.unlink(p)
-        os.makedirs(workdir, exist_ok=True)
-        atomic_write_json(cfg_path, config.to_json())
 
 
 class SearchLoop:
@@ -138,6 +102,7 @@ class SearchLoop:
             from tfnas.benchmarks import open_benchmark
             self.benchmark = open_benchmark(config.benchmark_table, self.space)
         self._step_fn = tf.function(self._step, jit_compile=config.jit_compile or None)
+        self._steps_fn = tf.function(self._steps)
         self._eval_fn = tf.function(self._eval_step)
 
     def state_variables(self):
@@ -200,6 +165,23 @@ class SearchLoop:
         wd = tf.constant(self.config.weight_decay, tf.float32)
         self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
         return self.metrics["train_loss"].result()
+
+    def _steps(self, it_t, it_v, n):
+        """Up to `n` steps in one call, stopping after the first non-finite loss; returns the
+        running training loss after each step run (one host read per call)."""
+        losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+        for i in tf.range(n):
+            loss = self._step_fn(next(it_t), next(it_v))
+            losses = losses.write(i, loss)
+            if not tf.math.is_finite(loss):
+                break
+        return losses.stack()
+
+    def _run_steps(self, it_t, it_v, n):
+        """`n` steps (fewer when one's loss is not finite); the running losses as floats."""
+        if self.config.steps_per_execution == 1:  # the plain per-step call
+            return [float(self._step_fn(next(it_t), next(it_v)))]
+        return [float(v) for v in self._steps_fn(it_t, it_v, tf.constant(n, tf.int32))]
 
     def _eval_step(self, batch, training=False):
         def replica_fn(x, y):
@@ -269,19 +251,21 @@ class SearchLoop:
         for m in self.metrics.values():
             m.reset_state()
         train, valid = self._datasets(epoch, data_epoch, tuning)
-        it_v = iter(valid)
+        it_t, it_v = iter(train), iter(valid)
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
                                   unit_name="step")
-        for i, bt in enumerate(train):
-            if i >= self.steps:
-                break
-            loss = float(self._step_fn(bt, next(it_v)))
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"training loss became {loss} at epoch {epoch} step {i}; the last good "
-                    f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or "
-                    f"--arch_lr, or check the data")
-            bar.update(i + 1, [("loss", loss)])
+        done = 0
+        while done < self.steps:
+            losses = self._run_steps(it_t, it_v, min(self.config.steps_per_execution,
+                                                     self.steps - done))
+            for j, loss in enumerate(losses):  # the running mean: non-finite from the bad step
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"training loss became {loss} at epoch {epoch} step {done + j}; the "
+                        f"last good checkpoint is kept in {self.checkpointer.folder}. Lower "
+                        f"--lr or --arch_lr, or check the data")
+            done += len(losses)
+            bar.update(done, [("loss", losses[-1])])
         record = {"epoch": epoch, "lr": lr,
                   "train_loss": float(self.metrics["train_loss"].result()),
                   "train_acc": float(self.metrics["train_acc"].result())}
@@ -294,7 +278,7 @@ class SearchLoop:
         """Trains from the last checkpoint (or scratch) to `config.epochs`; returns the
         magnitude genotype."""
         c = self.config
-        state = self.checkpointer.restore_latest()
+        state = self.resume_state()
         start = state["epoch"] + 1 if state else 0
         if self.is_chief:
             self._truncate_logs(start)
@@ -328,6 +312,19 @@ class SearchLoop:
         if self.is_chief:
             genotype.save(os.path.join(self.workdir, "genotype_magnitude.json"))
         return genotype
+
+    def resume_state(self):
+        """Restores the newest checkpoint; returns its loop state (None: start from scratch).
+
+        Several workers resume from the chief's checkpoint whatever their disks hold (local
+        disks: the others have none or an older one): the chief restores, then broadcasts its
+        variables and state to every worker."""
+        workers = num_workers(self.strategy)
+        state = self.checkpointer.restore_latest() if self.is_chief or workers == 1 else None
+        if workers > 1:
+            variables = [v for group in self.state_variables().values() for v in group]
+            state = broadcast_from_chief(self.strategy, self.is_chief, variables, state)
+        return state
 
     def current_genotype(self, meta=None):
         """The magnitude genotype of the supernet's mixing weights (decided edges one-hot,

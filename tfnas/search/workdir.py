@@ -1,0 +1,49 @@
+"""The run directory of a search: what it holds, and the check that a resumed run is the
+same run."""
+
+import json
+import os
+import shutil
+
+from tfnas.errors import WorkdirError
+from tfnas.io import atomic_write_json
+
+RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
+             "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
+
+
+# settings that do not change a run's results: a resume may change them
+NEUTRAL_KEYS = ("steps_per_execution",)
+
+
+def prepare_workdir(workdir, config, overwrite, is_chief=True):
+    """Creates the run directory, or checks that an existing one ran the same config.
+
+    Raises:
+        WorkdirError: the workdir holds a different config and `overwrite` is False.
+    """
+    cfg_path = os.path.join(workdir, "config.json")
+    if os.path.exists(cfg_path) and not overwrite:
+        with open(cfg_path) as f:
+            old = json.load(f)
+        new = config.to_json()
+        # keys added in later versions count as their defaults (an old run still resumes)
+        defaults = type(config)().to_json()
+        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
+        diff = sorted(k for k in (set(old) | set(new)) - set(NEUTRAL_KEYS)
+                      if old.get(k) != new.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+            raise WorkdirError(f"workdir {workdir} holds a run with a different config ({shown}); "
+                               f"use another --workdir, or --overwrite to discard it")
+        return
+    if is_chief:
+        if overwrite:
+            for name in RUN_FILES:
+                p = os.path.join(workdir, name)
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                elif os.path.exists(p):
+                    os.unlink(p)
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(cfg_path, config.to_json())
