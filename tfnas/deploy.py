@@ -150,7 +150,9 @@ class _Builder:
         return self._apply(layer, x, weights)
 
     def clone(self, x, layer):
-        new = type(layer).from_config({**layer.get_config(), "name": self._name(layer.name)})
+        # float32 whatever policy the network was trained under (mixed_bfloat16)
+        new = type(layer).from_config({**layer.get_config(), "name": self._name(layer.name),
+                                       "dtype": "float32"})
         return self._apply(new, x, layer.get_weights() or None)
 
     def zeros(self, x, stride, name):

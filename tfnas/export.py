@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from tfnas import precision
 from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
 from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
@@ -165,8 +166,19 @@ def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evalu
     shape = tuple(model.input_shape[1:])
     x = np.random.default_rng(seed).normal(size=(batch,) + shape).astype(np.float32)
     ref = _main_output(model(x, training=False))
-    serving = to_builtin(model)
-    report = {"input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
+    with precision.policy("float32"):  # artefacts are float32 whatever the training policy
+        serving = to_builtin(model)
+    dtypes = {str(layer.compute_dtype) for layer in model.layers} - {"float32"}
+    source_dtype = dtypes.pop() if dtypes else "float32"
+    mixed = {}
+    if source_dtype != "float32":
+        # A mixed-precision model computes in bfloat16: the artefacts are checked against
+        # the float32 Keras graph of the same weights, and the gap to the mixed model is
+        # reported (bfloat16 rounding, not an export error).
+        ref, mixed_ref = _main_output(serving(x, training=False)), ref
+        mixed = {"source_compute_dtype": source_dtype, "mixed_vs_float32_max_abs_diff":
+                 float(np.max(np.abs(np.asarray(mixed_ref, np.float32) - ref)))}
+    report = {**mixed, "input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
               "graph": "built-in Keras layers, BN folded into convolutions",
               "params": int(serving.count_params()), "macs": count_macs(serving, shape),
               "max_abs_diff": {}, "top1": {},

@@ -6,6 +6,7 @@ import os
 
 import keras
 
+from tfnas import precision
 from tfnas.errors import TrainingError, UsageError, WorkdirError
 from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove_stale_temps
 
@@ -55,7 +56,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     remove_stale_temps(out)
     atomic_write_json(os.path.join(out, "config.json"), record)
     train_ds, val_ds, steps = _datasets(config, data, style)
-    with strategy.scope():
+    with strategy.scope(), precision.policy(config.mixed_precision):
         model = build_model(genotype, data.num_classes, data.input_shape, config.channels,
                             config.layers, auxiliary=config.auxiliary,
                             drop_path=config.drop_path, form=config.form)

@@ -82,7 +82,7 @@ def _darts(genotype, x, channels, layers, num_classes, auxiliary, drop_path, for
         if auxiliary and i == 2 * layers // 3:
             aux = AuxiliaryHead(num_classes, imagenet=form == "imagenet", name="aux_head")(s1)
     pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(s1)
-    logits = keras.layers.Dense(num_classes, name="classifier")(pooled)
+    logits = keras.layers.Dense(num_classes, name="classifier", dtype="float32")(pooled)
     if aux is not None:
         return {"logits": logits, "aux_logits": aux}
     return logits
@@ -100,7 +100,7 @@ def _nb201(genotype, x, channels, cells_per_stage, num_classes, search_mode):
             x = NB201Cell(edges, c, affine=not search_mode, name=f"cell_{stage}_{i}")(x)
     x = keras.layers.ReLU(name="head_relu")(BatchNorm(affine=True, name="head_bn")(x))
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-    return keras.layers.Dense(num_classes, name="classifier")(x)
+    return keras.layers.Dense(num_classes, name="classifier", dtype="float32")(x)
 
 
 def set_drop_path(model, fraction):

@@ -133,7 +133,7 @@ class AuxiliaryHead(keras.layers.Layer):
         self.stride = 2 if self.imagenet else 3
         self.bn1 = BatchNorm(name="bn1")
         self.bn2 = None if self.imagenet else BatchNorm(name="bn2")
-        self.fc = keras.layers.Dense(self.num_classes, name="fc")
+        self.fc = keras.layers.Dense(self.num_classes, name="fc", dtype="float32")
 
     def build(self, input_shape):
         h = input_shape[1]

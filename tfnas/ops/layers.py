@@ -237,7 +237,7 @@ class Pool(OpLayer):
             return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=-3.0e38), 3, 2, "VALID")
         # Symmetric padding with the count of real pixels per window (count_include_pad=False).
         total = tf.nn.avg_pool2d(tf.pad(x, pads), 3, 2, "VALID")
-        return total * _inverse_window_counts(x.shape[1], x.shape[2])
+        return total * tf.constant(_inverse_window_counts(x.shape[1], x.shape[2]), x.dtype)
 
     def call(self, x, training=False):
         y = self._pool(x)

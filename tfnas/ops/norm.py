@@ -25,6 +25,9 @@ class BatchNorm(keras.layers.Layer):
     """
 
     def __init__(self, affine=True, momentum=0.1, epsilon=1e-5, synchronized=False, **kwargs):
+        # Under a mixed policy the kernel takes compute-dtype x with float32 scale, offset
+        # and statistics: the variables are not autocast.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm momentum must be in [0, 1], got {momentum}")
@@ -46,7 +49,7 @@ class BatchNorm(keras.layers.Layer):
     def _scale_offset(self, c):
         if self.affine:
             return self.gamma.value, self.beta.value
-        return tf.ones((c,), self.compute_dtype), tf.zeros((c,), self.compute_dtype)
+        return tf.ones((c,), tf.float32), tf.zeros((c,), tf.float32)
 
     def _update(self, mean, var):
         m = self.momentum
@@ -75,7 +78,8 @@ class BatchNorm(keras.layers.Layer):
         self.moving_variance.assign(var)
         return y
 
-    def _sync_call(self, x, scale, offset, ctx):
+    def _sync_call(self, x_in, scale, offset, ctx):
+        x = tf.cast(x_in, tf.float32)  # statistics in float32 under a mixed policy
         n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
         s = tf.reduce_sum(x, axis=[0, 1, 2])
         ss = tf.reduce_sum(tf.square(x), axis=[0, 1, 2])
@@ -84,7 +88,7 @@ class BatchNorm(keras.layers.Layer):
         var = tf.maximum(ss / n - tf.square(mean), 0.0)
         self._update(mean, var * n / tf.maximum(n - 1.0, 1.0))
         inv = tf.math.rsqrt(var + self.epsilon) * scale
-        return x * inv + (offset - mean * inv)
+        return tf.cast(x * inv + (offset - mean * inv), x_in.dtype)
 
     def get_config(self):
         return {**super().get_config(), "affine": self.affine, "momentum": self.momentum,

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnas import precision
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
@@ -78,10 +79,11 @@ class SearchLoop:
         self.space = get_space(config.space)
         self.arch_update, self.perturbation = arch_update(), perturbation()
         with strategy.scope():
-            self.model = build_supernet(self.space, config.channels, config.layers,
-                                        self.data.num_classes, self.data.input_shape,
-                                        skip_zero=config.skip_zero_ops,
-                                        mixed_op=config.mixed_op)
+            with precision.policy(config.mixed_precision):
+                self.model = build_supernet(self.space, config.channels, config.layers,
+                                            self.data.num_classes, self.data.input_shape,
+                                            skip_zero=config.skip_zero_ops,
+                                            mixed_op=config.mixed_op)
             if config.sync_bn:
                 self.model.set_synchronized_bn(True)
             self.alphas, self.weights = self.model.alphas, self.model.weight_variables

@@ -28,6 +28,7 @@ class ArchParameters(keras.layers.Layer):
     """
 
     def __init__(self, ops_per_edge, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # alphas and their softmax stay float32
         super().__init__(**kwargs)
         self.ops_per_edge = [int(n) for n in ops_per_edge]
         e, k = len(self.ops_per_edge), max(self.ops_per_edge)
@@ -137,7 +138,9 @@ class MixedOp(keras.layers.Layer):
         s = self.stride
         out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
         total = None
-        per_op = tf.unstack(weights)  # one op (and one in the gradient) instead of a slice each
+        # mixing weights come in float32 (softmax of float32 alphas); ops compute in the
+        # layer's dtype (bfloat16/float16 under a mixed policy)
+        per_op = tf.unstack(tf.cast(weights, x.dtype))  # one op (and one in the gradient) instead of a slice each
         for k, op in enumerate(self.ops):
             wk = per_op[k]
             if self.skip_zero:

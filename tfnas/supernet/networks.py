@@ -206,7 +206,7 @@ class DartsSupernet(Supernet):
                                          mixed_op, name=f"cell_{i}"))
             red_prev = red
         self.cell_types = ["reduce" if i in reductions else "normal" for i in range(layers)]
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype="float32")
         self.num_classes, self.in_shape = num_classes, tuple(input_shape)
         self._create_variables()  # create every variable now
 
@@ -242,7 +242,7 @@ class NB201Supernet(Supernet):
                                           name=f"cell_{stage}_{i}")
                           for i in range(cells_per_stage)]
         self.head_bn = BatchNorm(affine=True, name="head_bn")
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype="float32")
         self.num_classes, self.in_shape = num_classes, tuple(input_shape)
         self._create_variables()
 
