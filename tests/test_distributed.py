@@ -177,7 +177,10 @@ def test_gpu_check_dry_run_on_two_logical_cpus(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out_json.read_text())
     assert r["replicas"] == 2 and r["alphas_identical"] and r["loss_finite"]
-    assert r["images_per_s"] > 0 and r["pt_decision"]["ops_scored"] == 7
+    assert sorted(r["runs"]) == ["float32", "mixed_bfloat16"]  # both precisions timed
+    assert all(run["images_per_s"] > 0 and run["alphas_identical"]
+               for run in r["runs"].values())
+    assert r["pt_decision"]["ops_scored"] == 7
     assert r["pt_decision"]["choice"] != "none"
 
 

@@ -7,10 +7,11 @@ On every visible GPU under `MirroredStrategy` (or, for a dry run, on N logical C
      seconds from launch to the end of the first step;
   2. the alphas after the timed steps are bit-identical on every replica;
   3. peak memory per GPU (tf.config.experimental.get_memory_info);
-  4. one whole PT op decision on the mirrored supernet (score before, every op masked, after).
+  4. one whole PT op decision on the mirrored supernet (score before, every op masked, after);
+  5. steps 1-3 again under `--mixed_precision=mixed_bfloat16` (img/s, finite loss, alphas
+     identical; float32 alphas, BN statistics and loss).
 
-Prints one JSON object (also written to --out). Mixed precision is not checked: tfnas has no
-`--mixed_precision` yet (issue 11); the check says so in its output.
+Prints one JSON object (also written to --out).
 
     python tools/gpu_check.py                          # all visible GPUs, C16 L8, 64 per GPU
     python tools/gpu_check.py --cpu_devices=2 --channels=4 --layers=3 --steps=2   # dry run
@@ -33,6 +34,8 @@ def _args():
     p.add_argument("--batch_per_replica", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed steps after one warm-up step")
     p.add_argument("--decision_batches", type=int, default=4)
+    p.add_argument("--precisions", default="float32,mixed_bfloat16",
+                   help="comma-separated: each one is timed (the PT decision: the first)")
     p.add_argument("--out", default="gpu_check.json")
     return p.parse_args()
 
@@ -59,6 +62,34 @@ def _memory(devices):
     return out
 
 
+def _timed_search(cfg, strategy, tmp, steps, t_launch):
+    """A mirrored SearchLoop and the timing of its first-order step under `cfg`."""
+    import numpy as np
+    from tfnas.search import SearchLoop
+    replicas = strategy.num_replicas_in_sync
+    loop = SearchLoop(cfg, os.path.join(tmp, "run_" + cfg.mixed_precision), strategy,
+                      is_chief=False, log=lambda s: None)
+    train, valid = loop._datasets(0)
+    bt, bv = next(iter(train)), next(iter(valid))
+    loss = float(loop._step_fn(bt, bv))
+    first_step_s = time.time() - t_launch
+    times = []
+    for _ in range(steps):
+        t0 = time.time()
+        loss = float(loop._step_fn(bt, bv))
+        times.append(time.time() - t0)
+    median = float(np.median(times)) if times else float("nan")
+    spread = max(float(np.max(np.abs(np.asarray(r) - np.asarray(
+        strategy.experimental_local_results(v)[0]))))
+        for v in loop.alphas for r in strategy.experimental_local_results(v))
+    return loop, {
+        "seconds_since_launch_at_first_step": first_step_s, "median_step_s": median,
+        "images_per_s": cfg.batch_size / median,
+        "images_per_s_per_device": cfg.batch_size / median / replicas,
+        "loss_finite": bool(np.isfinite(loss)),
+        "alphas_max_replica_difference": spread, "alphas_identical": spread == 0.0}
+
+
 def main():
     a = _args()
     t_launch = time.time()
@@ -70,9 +101,7 @@ def main():
     elif not gpus:
         sys.exit("gpu_check: no GPU visible (tf.config.list_physical_devices('GPU') is empty); "
                  "use --cpu_devices=N for a dry run on CPU")
-    import numpy as np
     from tfnas.config import SearchConfig
-    from tfnas.search import SearchLoop
     from tfnas.selection.pt import PerturbationSelector, SelectConfig
     devices = ([d.name for d in tf.config.list_logical_devices("CPU")] if a.cpu_devices
                else [d.name for d in tf.config.list_logical_devices("GPU")])
@@ -81,23 +110,13 @@ def main():
     batch = a.batch_per_replica * replicas
     tmp = tempfile.mkdtemp()
     data = _synthetic(tmp, max(4, 2 * a.decision_batches) * batch)
-    cfg = SearchConfig(dataset=f"npz:{data}", space="darts", channels=a.channels,
-                       layers=a.layers, batch_size=batch, epochs=1, sync_bn=True).validate()
-    loop = SearchLoop(cfg, os.path.join(tmp, "run"), strategy, is_chief=False,
-                      log=lambda s: None)
-    train, valid = loop._datasets(0)
-    bt, bv = next(iter(train)), next(iter(valid))
-    loss = float(loop._step_fn(bt, bv))
-    first_step_s = time.time() - t_launch
-    times = []
-    for _ in range(a.steps):
-        t0 = time.time()
-        loss = float(loop._step_fn(bt, bv))
-        times.append(time.time() - t0)
-    median = float(np.median(times)) if times else float("nan")
-    spread = max(float(np.max(np.abs(np.asarray(r) - np.asarray(
-        strategy.experimental_local_results(v)[0]))))
-        for v in loop.alphas for r in strategy.experimental_local_results(v))
+    runs, loop = {}, None
+    for i, precision in enumerate(a.precisions.split(",")):
+        cfg = SearchConfig(dataset=f"npz:{data}", space="darts", channels=a.channels,
+                           layers=a.layers, batch_size=batch, epochs=1, sync_bn=True,
+                           mixed_precision=precision).validate()
+        run_loop, runs[precision] = _timed_search(cfg, strategy, tmp, a.steps, t_launch)
+        loop = loop or run_loop
     selector = PerturbationSelector(loop, SelectConfig(score_batches=a.decision_batches),
                                     os.path.join(tmp, "selection"), log=lambda s: None)
     t0 = time.time()
@@ -106,14 +125,12 @@ def main():
         "devices": devices, "replicas": replicas, "gpus_visible": len(gpus),
         "config": {"space": "darts", "channels": a.channels, "layers": a.layers,
                    "global_batch": batch, "sync_bn": True, "arch_update": "first_order"},
-        "first_step_s": first_step_s, "median_step_s": median,
-        "images_per_s": batch / median, "images_per_s_per_device": batch / median / replicas,
-        "loss_finite": bool(np.isfinite(loss)),
-        "alphas_max_replica_difference": spread, "alphas_identical": spread == 0.0,
+        "runs": runs,
+        "alphas_identical": all(r["alphas_identical"] for r in runs.values()),
+        "loss_finite": all(r["loss_finite"] for r in runs.values()),
         "memory": _memory(devices),
         "pt_decision": {"seconds": time.time() - t0, "choice": row["choice"],
                         "ops_scored": len(row["scores"]), "batches": a.decision_batches},
-        "mixed_precision": "not checked: tfnas has no --mixed_precision yet",
         "versions": {"tensorflow": tf.__version__},
     }
     text = json.dumps(report, indent=1)
