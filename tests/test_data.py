@@ -105,3 +105,81 @@ def test_every_registered_dataset_meets_the_contract(tmp_path):
         assert d.y_train.max() < d.num_classes and d.num_classes >= 2, kind
         assert len(d.mean) == len(d.std) == d.input_shape[-1], kind
         assert len(d.x_train) == len(d.y_train) and len(d.x_test) == len(d.y_test), kind
+
+
+def _batches(data, indices, epoch=3):
+    p = Pipeline(data, 4, seed=7, cutout=True, cutout_length=2)
+    train = [(x.numpy(), y.numpy()) for x, y in p.train(indices, epoch, cutout_prob=0.5)]
+    evaluation = [(x.numpy(), y.numpy()) for x, y in p.evaluation(data.x_train[indices],
+                                                                  data.y_train[indices])]
+    return train, evaluation
+
+
+def _same_batches(a, b):
+    assert len(a) == len(b) > 0
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+
+
+def test_streamed_folder_gives_the_in_memory_batches(tmp_path):
+    """A folder stays on disk (file paths, decoded in the pipeline after shuffling); its
+    batches (order, augmentation, values) equal those of the same images held in memory,
+    and its statistics equal numpy's over the decoded images."""
+    import dataclasses
+    from PIL import Image
+    from tfnas.data.sources import FileImages
+    rng = np.random.default_rng(2)
+    for cls in ("a", "b", "c"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png")
+    d = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    assert isinstance(d.x_train, FileImages) and d.x_train.shape == (21, 6, 6, 3)
+    in_memory = dataclasses.replace(d, x_train=np.asarray(d.x_train))
+    assert in_memory.x_train.dtype == np.uint8 and in_memory.x_train.shape == (21, 6, 6, 3)
+    xf = in_memory.x_train.astype(np.float64) / 255
+    np.testing.assert_allclose(d.mean, xf.mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(d.std, xf.std(axis=(0, 1, 2)), rtol=1e-9)
+    idx = np.arange(3, 19)
+    for a, b in zip(_batches(d, idx), _batches(in_memory, idx)):
+        _same_batches(a, b)
+    np.testing.assert_array_equal(d.x_train[5], in_memory.x_train[5])
+
+
+def test_large_npz_is_memory_mapped_and_gives_the_in_memory_batches(tmp_path, monkeypatch):
+    import dataclasses
+    import tfnas.data as data_module
+    from tfnas.data.sources import MemmapImages
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 255, (20, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 4, x_test=x[:6],
+             y_test=np.arange(6) % 4)
+    monkeypatch.setattr(data_module, "MEMMAP_BYTES", 0)  # every array counts as large
+    d = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert isinstance(d.x_train, MemmapImages) and isinstance(d.x_test, MemmapImages)
+    in_memory = dataclasses.replace(d, x_train=x)
+    xf = x.astype(np.float64) / 255
+    np.testing.assert_allclose(d.mean, xf.mean(axis=(0, 1, 2)), rtol=1e-9)
+    idx = np.arange(2, 18)
+    for a, b in zip(_batches(d, idx), _batches(in_memory, idx)):
+        _same_batches(a, b)
+    np.savez_compressed(tmp_path / "c.npz", x_train=x, y_train=np.arange(20) % 4)
+    assert isinstance(load_dataset(f"npz:{tmp_path / 'c.npz'}").x_train, np.ndarray)
+
+
+def test_worker_shards_put_together_are_the_global_batches():
+    """A multi-worker pipeline: each of 2 workers decodes and augments only its half of every
+    global batch; side by side, the halves are the one-machine batches (values and order)."""
+    d = load_dataset("digits", limit=200)
+    p = Pipeline(d, 8, seed=4, cutout=True, cutout_length=4)
+    idx = np.arange(10, 90)
+    whole = [x.numpy() for x, _ in p.train(idx, 2, cutout_prob=0.5)]
+    halves = [[x.numpy() for x, _ in p.train(idx, 2, cutout_prob=0.5, shard=(w, 2),
+                                             replica_batch=4)] for w in range(2)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) == 10
+    for k, batch in enumerate(whole):
+        np.testing.assert_array_equal(batch, np.concatenate([halves[0][k], halves[1][k]]))
+    with pytest.raises(ValueError, match="not divisible by 3"):
+        p.train(idx, 2, shard=(0, 3))

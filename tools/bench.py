@@ -9,6 +9,11 @@ first step (build + trace + first call) and peak RSS.
 
     python tools/bench.py                       # all three configs of the issue
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
+    python tools/bench.py --input=folder:/data/cifar10   # + the input pipeline alone
+
+`--input=DATASET` also times the search's training input pipeline alone on a real dataset
+(read, decode, crop, flip, normalise, batch: what feeds each step) at each config's batch
+size, and prints its img/s over the step's.
 """
 
 import argparse
@@ -92,6 +97,20 @@ def run_one(name, steps, warmup, decision_batches=4):
             "speedup_vs_pytorch": b / med / PYTORCH_REFERENCE[name], "steps": steps}
 
 
+def input_rate(spec, batch, batches=200):
+    """Images per second of the search's training pipeline alone (first batch excluded)."""
+    import numpy as np
+    from tfnas.data import Pipeline, load_dataset
+    data = load_dataset(spec)
+    pipe = Pipeline(data, batch, seed=0)
+    ds = pipe.train(np.arange(len(data.y_train)), 0, repeat=True).take(batches + 1)
+    it = iter(ds)
+    next(it)
+    t0 = time.time()
+    n = sum(int(x.shape[0]) for x, _ in it)
+    return n / (time.time() - t0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -99,6 +118,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--decision_batches", type=int, default=4,
                    help="time one whole op decision scored on N batches (0: skip)")
+    p.add_argument("--input", default="",
+                   help="also time the input pipeline alone on this dataset (e.g. folder:PATH)")
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
@@ -117,6 +138,10 @@ def main():
             results.append({"config": name, "error": out.stderr.strip().splitlines()[-1:]})
         else:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if a.input and "images_per_s" in results[-1]:
+            rate = input_rate(a.input, CONFIGS[name]["batch"])
+            results[-1].update(input=a.input, input_pipeline_images_per_s=rate,
+                               input_over_step=rate / results[-1]["images_per_s"])
     print(json.dumps({"results": results, "cpu_count": os.cpu_count()}, indent=1))
 
 

@@ -8,7 +8,6 @@ per epoch from a seed, so an interrupted search resumes on exactly the same batc
 import contextlib
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
@@ -56,6 +55,17 @@ def dataset_kind(spec):
 
 
 def _stats(x):
+    """Per-channel mean and std of x/255 (a memory-mapped array: in chunks, float64)."""
+    from tfnas.data.sources import MemmapImages
+    if isinstance(x, MemmapImages):
+        s = ss = 0.0
+        for i in range(0, len(x.array), 4096):
+            xf = np.asarray(x.array[i:i + 4096], np.float64) / 255.0
+            s, ss = s + xf.sum(axis=(0, 1, 2)), ss + np.square(xf).sum(axis=(0, 1, 2))
+        n = float(np.prod(x.array.shape[:3]))
+        mean = s / n
+        std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
+        return tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist())
     xf = x.astype(np.float32) / 255.0
     return tuple(xf.mean(axis=(0, 1, 2)).tolist()), tuple(
         np.maximum(xf.std(axis=(0, 1, 2)), 1e-3).tolist())
@@ -158,15 +168,17 @@ def load_npz(spec, data_dir="", download=False, **_):
     path = spec.split(":", 1)[1]
     try:
         with np.load(path) as f:
-            arrays = {k: f[k] for k in f.files}
+            images = {k: _npz_images(path, f, k) for k in ("x_train", "x_test") if k in f.files}
+            arrays = {k: f[k] for k in f.files if k not in images}
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read npz dataset {path}: {e}") from e
+    arrays.update(images)
     missing = {"x_train", "y_train"} - set(arrays)
     if missing:
         raise DataError(f"npz dataset {path}: missing arrays {sorted(missing)}; it needs "
                         f"x_train, y_train[, x_test, y_test]")
-    xtr, ytr = _as_images(arrays["x_train"], path), _labels(arrays["y_train"], path)
-    xte = _as_images(arrays["x_test"], path) if "x_test" in arrays else xtr[:0]
+    xtr, ytr = arrays["x_train"], _labels(arrays["y_train"], path)
+    xte = arrays["x_test"] if "x_test" in arrays else xtr[:0]
     yte = _labels(arrays["y_test"], path) if "y_test" in arrays else ytr[:0]
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"npz dataset {path}: images and labels differ in length")
@@ -182,102 +194,18 @@ def load_npz(spec, data_dir="", download=False, **_):
                      crop_pad=max(1, h // 8), flip=True)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# an uncompressed uint8 image array of an npz larger than this is memory-mapped and read row
+# by row by the pipelines (smaller ones are loaded: faster, and nothing to save)
+MEMMAP_BYTES = 256 << 20
 
 
-@DATASETS.register("folder")
-def load_folder(spec, data_dir="", download=False, skip_bad_images=False, **_):
-    """`folder:PATH`: class-per-subfolder images; PATH/train and PATH/test when present.
-
-    Files are listed (sorted; subfolders of a class folder included), then read and decoded in
-    a tf.data pipeline (3 channels, resized to the first image's size). An undecodable file is
-    named in the error, or skipped with a warning and a count with `skip_bad_images`.
-    """
-    path = spec.split(":", 1)[1]
-    if not os.path.isdir(path):
-        raise DataError(f"image folder {path} does not exist")
-    parts = {}
-    subsets = ("",)
-    if os.path.isdir(os.path.join(path, "train")):  # PATH/test is optional
-        subsets = ("train",) + (("test",) if os.path.isdir(os.path.join(path, "test")) else ())
-    class_names, size = None, None
-    for sub in subsets:
-        root = os.path.join(path, sub) if sub else path
-        names, files, labels = _list_images(root)
-        if class_names is not None and names != class_names:
-            raise DataError(f"image folder {root}: its classes {names} differ from the "
-                            f"training classes {class_names}")
-        class_names = names
-        size = size or _first_image_size(files, root)
-        parts[sub or "train"] = _decode_images(files, labels, size, root, skip_bad_images)
-    xtr, ytr = parts["train"]
-    # Folders list images class by class: shuffle once (fixed seed) so the bilevel split and
-    # --limit_examples see every class.
-    order = np.random.RandomState(0).permutation(len(xtr))
-    xtr, ytr = xtr[order], ytr[order]
-    xte, yte = parts.get("test", (xtr[:0], ytr[:0]))
-    return ArrayData(os.path.basename(os.path.normpath(path)), xtr, ytr, xte, yte,
-                     len(class_names), *_stats(xtr), crop_pad=max(1, xtr.shape[1] // 8),
-                     flip=True)
-
-
-def _list_images(root):
-    classes = sorted(d for d in os.listdir(root)
-                     if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        for dirpath, dirs, names in os.walk(os.path.join(root, name)):
-            dirs.sort()
-            for f in sorted(names):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    files.append(os.path.join(dirpath, f))
-                    labels.append(label)
-    if not files:
-        raise DataError(f"image folder {root} holds no images (expected one subfolder per "
-                        f"class with {', '.join(IMAGE_EXTENSIONS)} files)")
-    return classes, files, np.array(labels, np.int64)
-
-
-def _first_image_size(files, root):
-    from PIL import Image
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                return im.size[1], im.size[0]
-        except OSError:
-            continue
-    raise DataError(f"image folder {root} holds no readable images")
-
-
-def _decode_images(files, labels, size, root, skip_bad):
-    """Decodes every file in a tf.data pipeline; the files that fail are found by their
-    missing indices (ignore_errors), named, and either fail the load or are skipped."""
-    import tensorflow as tf
-    h, w = size
-
-    def load(i, path):
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        img = tf.image.resize(img, (h, w), method="bilinear")  # identity at the same size
-        return i, tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
-
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-    idx, images = [], []
-    for i, x in ds.batch(1024).as_numpy_iterator():
-        idx.append(i)
-        images.append(x)
-    idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-    bad = sorted(set(range(len(files))) - set(idx.tolist()))
-    if bad:
-        if not skip_bad:
-            raise DataError(f"image folder {root}: {len(bad)} file(s) cannot be decoded as "
-                            f"images, first {files[bad[0]]}; fix or remove them, or pass "
-                            f"--skip_bad_images")
-        print(f"tfnas: warning: skipped {len(bad)} undecodable image(s) in {root}, first "
-              f"{files[bad[0]]}", file=sys.stderr, flush=True)
-    if not len(idx):
-        raise DataError(f"image folder {root} holds no decodable images")
-    return np.concatenate(images), labels[idx]
+def _npz_images(path, f, name):
+    from tfnas.data.sources import MemmapImages, memmap_npz_member
+    mm = memmap_npz_member(path, name)
+    if mm is not None and mm.nbytes > MEMMAP_BYTES and mm.dtype == np.uint8 and \
+            mm.ndim == 4 and mm.shape[-1] in (1, 3):
+        return MemmapImages(np.arange(len(mm)), mm.shape[1:], array=mm)
+    return _as_images(f[name], path)
 
 
 def _num_classes(y_train, y_test, where):
@@ -326,5 +254,7 @@ def load_dataset(spec, data_dir="", download=False, limit=0, skip_bad_images=Fal
 
 
 from tfnas.data.pipeline import Pipeline, bilevel_split  # noqa: E402
+from tfnas.data.folder import load_folder  # noqa: E402  (registers "folder")
 
-__all__ = ["DATASETS", "ArrayData", "load_dataset", "dataset_kind", "Pipeline", "bilevel_split"]
+__all__ = ["DATASETS", "ArrayData", "load_dataset", "load_folder", "dataset_kind", "Pipeline",
+           "bilevel_split"]

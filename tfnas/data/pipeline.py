@@ -10,6 +10,8 @@ Two augmentation styles (REFERENCE 3 and 5):
 import numpy as np
 import tensorflow as tf
 
+from tfnas.data.sources import keys_and_decode
+
 
 def bilevel_split(n, train_portion):
     """DARTS split: the first floor(portion*n) examples train weights, the rest alpha."""
@@ -84,12 +86,23 @@ class Pipeline:
         return (x / 255.0 - self.mean) / self.std
 
     def train(self, indices, epoch, augment=True, cutout_prob=0.0, repeat=False,
-              drop_remainder=True):
-        """Shuffled, augmented batches of the examples at `indices` for one epoch."""
+              drop_remainder=True, shard=None, replica_batch=None):
+        """Shuffled, augmented batches of the examples at `indices` for one epoch.
+
+        Args:
+            shard: (worker, workers): this worker's share of every global batch, taken
+                before decoding and augmentation (a multi-worker input pipeline): worker w
+                keeps the w-th of `workers` equal slices, so the replicas together see
+                exactly the global batches (and augmentations) of a one-device run.
+            replica_batch: batch size of the returned batches (default: the global batch);
+                with `shard`, consecutive batches go to the worker's local replicas.
+        """
         x, y = self.data.x_train[indices], self.data.y_train[indices]
+        keys, decode = keys_and_decode(x)  # images, or file paths / rows read after shuffling
         seed = np.array([self.seed, epoch], np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.shuffle(len(x), seed=int(self.seed * 100003 + epoch), reshuffle_each_iteration=True)
+        ds = tf.data.Dataset.from_tensor_slices((keys, y))
+        ds = ds.shuffle(len(keys), seed=int(self.seed * 100003 + epoch),
+                        reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate()
@@ -97,18 +110,38 @@ class Pipeline:
 
         def aug(i, xy):
             img, label = xy
+            if decode is not None:
+                img = decode(img)
             s = tf.stack([tf.constant(seed[0]) * 7919 + tf.constant(seed[1]), i]) * 3
             img = self._augment(s, img, prob) if augment else self.normalize(img)
             return img, label
 
+        if shard is not None:
+            ds = self._shard(ds, *shard)
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(self.batch_size, drop_remainder=drop_remainder).prefetch(2)
+        return ds.batch(replica_batch or self.batch_size,
+                        drop_remainder=drop_remainder).prefetch(2)
+
+    def _shard(self, ds, worker, workers):
+        """Every global batch of (position, (key, label)), cut to this worker's slice."""
+        if self.batch_size % workers:
+            raise ValueError(f"batch size {self.batch_size} is not divisible by {workers} "
+                             f"input pipelines")
+        part = self.batch_size // workers
+        lo, hi = worker * part, (worker + 1) * part
+        ds = ds.batch(self.batch_size, drop_remainder=True)
+        ds = ds.map(lambda i, xy: (i[lo:hi], (xy[0][lo:hi], xy[1][lo:hi])))
+        return ds.unbatch()
 
     def evaluation(self, x, y, batch_size=None):
         """Normalised, unaugmented batches in order (the last batch may be smaller)."""
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        keys, decode = keys_and_decode(x)
+        ds = tf.data.Dataset.from_tensor_slices((keys, y))
         prep = self._center if self.style == "imagenet" else self.normalize
-        ds = ds.map(lambda a, b: (prep(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        if decode is not None:
+            ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(lambda a, b: (prep(a), b), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size or self.batch_size).prefetch(2)
 
 

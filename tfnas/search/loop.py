@@ -5,6 +5,7 @@ across replicas and applied in the cross-replica context, so global-norm clippin
 global gradient (TF_NOTES 1) and alphas stay identical on every replica.
 """
 
+import functools
 import math
 import os
 import socket
@@ -205,10 +206,23 @@ class SearchLoop:
     def _datasets(self, epoch, data_epoch=None, tuning=False):
         prob = self.cutout_prob(epoch, tuning)
         seed = epoch if data_epoch is None else data_epoch  # batch order and augmentation
-        train = self.pipeline.train(self.train_idx, 2 * seed, cutout_prob=prob)
-        valid = self.pipeline.train(self.valid_idx, 2 * seed + 1, cutout_prob=prob, repeat=True)
-        dist = self.strategy.experimental_distribute_dataset
-        return dist(train), dist(valid)
+        train = functools.partial(self.pipeline.train, self.train_idx, 2 * seed,
+                                  cutout_prob=prob)
+        valid = functools.partial(self.pipeline.train, self.valid_idx, 2 * seed + 1,
+                                  cutout_prob=prob, repeat=True)
+        return self._distribute(train), self._distribute(valid)
+
+    def _distribute(self, make):
+        """One machine: the global batches split across its replicas. Several workers: each
+        builds its own pipeline and decodes and augments only its slice of every global
+        batch (`distribute_datasets_from_function`), same batches as on one machine."""
+        if num_workers(self.strategy) == 1:
+            return self.strategy.experimental_distribute_dataset(make())
+
+        def per_worker(ctx):
+            return make(shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+                        replica_batch=ctx.get_per_replica_batch_size(self.config.batch_size))
+        return self.strategy.distribute_datasets_from_function(per_worker)
 
     def reset_weight_optimizer(self):
         """Zeroes the weight optimizer's momentum (a fresh SGD), as the reference does before
