@@ -1,52 +1,23 @@
 """Datasets (a registry), the DARTS bilevel split, augmentation and tf.data pipelines.
 
-Every loader returns an `ArrayData`: uint8 images (N, H, W, C) and integer labels held in
-memory, plus the normalisation and augmentation that suit the dataset. Pipelines are built
-per epoch from a seed, so an interrupted search resumes on exactly the same batches.
+Every loader returns an `ArrayData`: uint8 images (N, H, W, C) — numpy arrays, or images
+that stay on disk (`sources.FileImages` for folders, `sources.MemmapImages` for large npz
+files) — and integer labels, plus the normalisation and augmentation that suit the dataset.
+Pipelines are built per epoch from a seed, so an interrupted search resumes on exactly the
+same batches.
 """
 
 import contextlib
-import dataclasses
 import os
 
 import numpy as np
 
 from tfnas.errors import DataError
-from tfnas.registry import Registry
-
-DATASETS = Registry("dataset")
+from tfnas.data.base import DATASETS, ArrayData
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
-
-
-@dataclasses.dataclass
-class ArrayData:
-    """A dataset in memory.
-
-    Attributes:
-        x_train, y_train, x_test, y_test: uint8 NHWC images and int64 labels.
-        num_classes: number of classes.
-        mean, std: per-channel normalisation of images scaled to [0, 1].
-        crop_pad: pad-and-random-crop margin (0: no cropping).
-        flip: random horizontal flips.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    mean: tuple
-    std: tuple
-    crop_pad: int = 4
-    flip: bool = True
-
-    @property
-    def input_shape(self):
-        return tuple(int(d) for d in self.x_train.shape[1:])
 
 
 def dataset_kind(spec):

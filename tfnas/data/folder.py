@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from tfnas.data import DATASETS, ArrayData
+from tfnas.data.base import DATASETS, ArrayData
 from tfnas.data.sources import FileImages
 from tfnas.errors import DataError
 
