@@ -1,4 +1,5 @@
-"""Search-step throughput benchmark (first order, synthetic CIFAR-shaped data).
+"""Search-step throughput benchmark (first order, synthetic CIFAR-shaped data), optionally
+side by side with the authors' PyTorch code in the same run.
 
 Runs `SearchLoop`'s own traced step (alpha step + weight step, one device), its PT scoring
 pass (a masked-op evaluation with BN batch statistics) and one whole PT op decision (accuracy
@@ -10,6 +11,17 @@ first step (build + trace + first call) and peak RSS.
     python tools/bench.py                       # all three configs of the issue
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
     python tools/bench.py --input=folder:/data/cifar10   # + the input pipeline alone
+    python tools/bench.py --rbench=RBENCH.py --reference_python=VENV/bin/python \
+        --darts_pt=DARTS_PT_EXPORT --rounds=2               # side by side, measured ratios
+
+Side by side: `--rbench` is a timing script for the reference (same three configs and
+definitions: search step = alpha step + weight step, first order, img/s of the train batch;
+PT scoring pass = a masked-op forward with BN batch statistics; first step; peak RSS), run by
+the reference's own Python (with PyTorch) on a CPU export of ruocwang/darts-pt kept outside
+this repository. For each config and round, tfnas and the reference run one after the other
+in fresh processes (same machine, same hour), and the ratios are of the medians over rounds.
+No reference number is stored in this repository: a ratio is only ever printed from a
+measurement of both.
 
 `--input=DATASET` also times the search's training input pipeline alone on a real dataset
 (read, decode, crop, flip, normalise, batch: what feeds each step) at each config's batch
@@ -30,8 +42,6 @@ CONFIGS = {
     "darts_c8_l5_b32": dict(space="darts", channels=8, layers=5, batch=32),
     "nb201_c16_n5_b64": dict(space="nb201", channels=16, layers=5, batch=64),
 }
-PYTORCH_REFERENCE = {"darts_c16_l8_b64": 1.22, "darts_c8_l5_b32": 4.58, "nb201_c16_n5_b64": 8.74}
-PYTORCH_PT = {"darts_c16_l8_b64": 12.0, "nb201_c16_n5_b64": 40.4}  # PT scoring pass
 
 
 def run_one(name, steps, warmup, decision_batches=4):
@@ -90,11 +100,12 @@ def run_one(name, steps, warmup, decision_batches=4):
                     * decision_batches}
     return {"config": name, "images_per_s": b / med, "median_step_s": med,
             "pt_scoring_images_per_s": b / pt, "pt_scoring_batch_s": pt,
-            "pytorch_pt_images_per_s": PYTORCH_PT.get(name), "one_op_decision": decision,
-            "first_step_s": first, "peak_rss_gb": resource.getrusage(
-                resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "pytorch_images_per_s": PYTORCH_REFERENCE[name],
-            "speedup_vs_pytorch": b / med / PYTORCH_REFERENCE[name], "steps": steps}
+            "one_op_decision": decision, "first_step_s": first,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "steps": steps, "threads": {
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                "note": "0 = TensorFlow's default (all cores)"}}
 
 
 def input_rate(spec, batch, batches=200):
@@ -111,6 +122,52 @@ def input_rate(spec, batch, batches=200):
     return n / (time.time() - t0)
 
 
+def _tfnas(name, a):
+    out = subprocess.run([sys.executable, __file__, f"--_child={name}", f"--steps={a.steps}",
+                          f"--warmup={a.warmup}", f"--decision_batches={a.decision_batches}"],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if out.returncode:
+        return {"config": name, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _reference(name, a):
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ref.json")
+        out = subprocess.run([a.reference_python, a.rbench, f"--darts_pt={a.darts_pt}",
+                              f"--configs={name}", f"--steps={a.steps}",
+                              f"--warmup={a.warmup}", f"--json={path}"],
+                             capture_output=True, text=True)
+        if out.returncode or not os.path.exists(path):
+            return {"config": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1:]}
+        with open(path) as f:
+            return json.load(f)["results"][0]
+
+
+def _side_by_side(name, tfnas_runs, ref_runs):
+    """Medians over rounds of both, and their ratios (tfnas / reference)."""
+    ok_t = [r for r in tfnas_runs if "error" not in r]
+    ok_r = [r for r in ref_runs if "error" not in r]
+    if not ok_t or not ok_r:
+        return {"config": name, "error": [r.get("error") for r in tfnas_runs + ref_runs]}
+    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    row = {"config": name, "rounds": len(ok_t),
+           "search_img_s": {"tfnas": med(ok_t, "images_per_s"),
+                            "reference": med(ok_r, "search_img_s")},
+           "pt_scoring_img_s": {"tfnas": med(ok_t, "pt_scoring_images_per_s"),
+                                "reference": med(ok_r, "pt_img_s")},
+           "first_step_s": {"tfnas": med(ok_t, "first_step_s"),
+                            "reference": med(ok_r, "first_step_s")},
+           "peak_rss_gb": {"tfnas": med(ok_t, "peak_rss_gb"),
+                           "reference": med(ok_r, "peak_rss_gb")},
+           "tfnas_runs": tfnas_runs, "reference_runs": ref_runs}
+    for k in ("search_img_s", "pt_scoring_img_s"):
+        row[k]["ratio"] = row[k]["tfnas"] / row[k]["reference"]
+    return row
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -120,29 +177,36 @@ def main():
                    help="time one whole op decision scored on N batches (0: skip)")
     p.add_argument("--input", default="",
                    help="also time the input pipeline alone on this dataset (e.g. folder:PATH)")
+    p.add_argument("--rbench", default="", help="the reference's timing script (side by side)")
+    p.add_argument("--reference_python", default="", help="a Python with PyTorch for it")
+    p.add_argument("--darts_pt", default="", help="CPU export of ruocwang/darts-pt")
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds per config")
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
         print(json.dumps(run_one(a._child, a.steps, a.warmup, a.decision_batches)))
         return
+    side = [bool(x) for x in (a.rbench, a.reference_python, a.darts_pt)]
+    if any(side) and not all(side):
+        sys.exit("side by side needs --rbench, --reference_python and --darts_pt together")
     results = []
     for name in a.configs.split(","):
         if name not in CONFIGS:
             sys.exit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-        out = subprocess.run([sys.executable, __file__, f"--_child={name}",
-                              f"--steps={a.steps}", f"--warmup={a.warmup}",
-                              f"--decision_batches={a.decision_batches}"],
-                             capture_output=True, text=True,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        if out.returncode:
-            results.append({"config": name, "error": out.stderr.strip().splitlines()[-1:]})
-        else:
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if all(side):
+            runs_t, runs_r = [], []
+            for _ in range(max(1, a.rounds)):  # alternate: same machine state for both
+                runs_t.append(_tfnas(name, a))
+                runs_r.append(_reference(name, a))
+            results.append(_side_by_side(name, runs_t, runs_r))
+            continue
+        results.append(_tfnas(name, a))
         if a.input and "images_per_s" in results[-1]:
             rate = input_rate(a.input, CONFIGS[name]["batch"])
             results[-1].update(input=a.input, input_pipeline_images_per_s=rate,
                                input_over_step=rate / results[-1]["images_per_s"])
-    print(json.dumps({"results": results, "cpu_count": os.cpu_count()}, indent=1))
+    print(json.dumps({"results": results, "cpu_count": os.cpu_count(),
+                      "load_avg_1min_at_end": os.getloadavg()[0]}, indent=1))
 
 
 if __name__ == "__main__":
