@@ -6,7 +6,9 @@ pass (a masked-op evaluation with BN batch statistics) and one whole PT op decis
 before, with each op of edge 0 masked, after; `--decision_batches` batches each). Prints
 JSON: per config, train-batch images per second, PT scoring images per second (median of
 timed steps after warm-up), the decision's seconds, seconds from launch to the end of the
-first step (build + trace + first call) and peak RSS.
+first step (build + trace + first call), peak RSS, and the step's floating-point work
+(TensorFlow's profiler on the traced step) as achieved GFLOP/s beside a float32 matmul's
+GFLOP/s measured in the same process.
 
     python tools/bench.py                       # all three configs of the issue
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
@@ -75,6 +77,7 @@ def run_one(name, steps, warmup, decision_batches=4):
         if i >= warmup:
             times.append(time.time() - t0)
     med = statistics.median(times)
+    step_gflop = _graph_gflop(loop._step_fn.get_concrete_function(bt, bv).graph)
     # PT scoring pass: one masked-op evaluation of a batch (BN batch statistics, no gradient)
     arch = loop.model.archs[0]
     arch.mask_op(0, 0)
@@ -101,11 +104,36 @@ def run_one(name, steps, warmup, decision_batches=4):
     return {"config": name, "images_per_s": b / med, "median_step_s": med,
             "pt_scoring_images_per_s": b / pt, "pt_scoring_batch_s": pt,
             "one_op_decision": decision, "first_step_s": first,
+            "step_gflop": step_gflop, "achieved_gflop_s": step_gflop / med,
+            "matmul_peak_gflop_s": _matmul_peak(),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "steps": steps, "threads": {
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                 "note": "0 = TensorFlow's default (all cores)"}}
+
+
+def _graph_gflop(graph):
+    """Floating-point operations of one call of a traced graph (TensorFlow's profiler: the
+    ops with registered statistics, convolutions and matmuls and their gradients), in G."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+    opts = option_builder.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    return model_analyzer.profile(graph, options=opts).total_float_ops / 1e9
+
+
+def _matmul_peak(n=2048, repeats=10):
+    """GFLOP/s of a float32 n x n matmul in this process (the machine's practical peak)."""
+    import tensorflow as tf
+    a = tf.random.normal((n, n))
+    f = tf.function(lambda x: tf.matmul(x, x))
+    f(a).numpy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.time()
+        f(a).numpy()
+        times.append(time.time() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def input_rate(spec, batch, batches=200):
@@ -162,6 +190,9 @@ def _side_by_side(name, tfnas_runs, ref_runs):
                             "reference": med(ok_r, "first_step_s")},
            "peak_rss_gb": {"tfnas": med(ok_t, "peak_rss_gb"),
                            "reference": med(ok_r, "peak_rss_gb")},
+           "tfnas_step_gflop": med(ok_t, "step_gflop"),
+           "tfnas_achieved_gflop_s": med(ok_t, "achieved_gflop_s"),
+           "matmul_peak_gflop_s": med(ok_t, "matmul_peak_gflop_s"),
            "tfnas_runs": tfnas_runs, "reference_runs": ref_runs}
     for k in ("search_img_s", "pt_scoring_img_s"):
         row[k]["ratio"] = row[k]["tfnas"] / row[k]["reference"]
