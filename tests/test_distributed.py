@@ -71,7 +71,7 @@ def _free_ports(n):
     return ports
 
 
-def _start_workers(tmp_path, epochs, prefix):
+def _start_workers(tmp_path, epochs, prefix, extra=()):
     """Two `tfnas search --strategy=multi_worker` processes on 127.0.0.1 (a tiny space);
     worker i writes (if chief) to tmp_path/<prefix><i>."""
     space = write_tiny_space(str(tmp_path))
@@ -83,7 +83,7 @@ def _start_workers(tmp_path, epochs, prefix):
         args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
                 f"--workdir={tmp_path / f'{prefix}{i}'}", f"--space={space}", "--channels=4",
                 "--layers=3", f"--epochs={epochs}", "--batch_size=32", "--steps_per_epoch=3",
-                "--limit_examples=300", "--seed=5", "--sync_bn"]
+                "--limit_examples=300", "--seed=5", "--sync_bn"] + list(extra)
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
     return procs
@@ -135,11 +135,13 @@ def test_workers_with_local_disks_resume_from_the_chiefs_state(tmp_path):
     """Each worker has its own --workdir (local disks: only the chief's holds checkpoints).
     The cluster is killed after epoch 2 of 3 and restarted: worker 1, with no checkpoint of
     its own, resumes at the chief's epoch with the chief's state, and both end with the
-    alphas of an uninterrupted run."""
+    alphas of an uninterrupted run. SGAS with criterion 2 decides an edge every epoch from
+    the alpha history, which only the chief's alphas.jsonl holds: the chief sends it."""
     import signal
-    reference = _finish(_start_workers(tmp_path, epochs=3, prefix="u"))
+    sgas = ["--arch_update=sgas", "--sgas_criterion=2", "--sgas_warmup=0", "--sgas_freq=1"]
+    reference = _finish(_start_workers(tmp_path, epochs=3, prefix="u", extra=sgas))
     want = re.search(r"final alphas digest: (\w+)", reference[0]).group(1)
-    procs = _start_workers(tmp_path, epochs=3, prefix="w")
+    procs = _start_workers(tmp_path, epochs=3, prefix="w", extra=sgas)
     try:
         for line in procs[0].stdout:
             if line.startswith("epoch 2/3"):  # printed after the epoch's checkpoint
@@ -151,8 +153,11 @@ def test_workers_with_local_disks_resume_from_the_chiefs_state(tmp_path):
             if q.poll() is None:
                 q.kill()
     assert not (tmp_path / "w1").exists()  # nothing to resume from on worker 1's disk
-    outs = _finish(_start_workers(tmp_path, epochs=3, prefix="w"))
+    outs = _finish(_start_workers(tmp_path, epochs=3, prefix="w", extra=sgas))
     assert "resuming" in outs[0] and "resuming" in outs[1], outs
+    decisions = [[line for line in o.splitlines() if line.startswith("SGAS epoch 3")]
+                 for o in outs + reference]
+    assert decisions[0] == decisions[1] == decisions[2] != [], decisions
     assert "epoch 1/3" not in outs[1]  # worker 1 did not start from scratch
     digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]
     assert digests == [want, want], (digests, want)

@@ -67,7 +67,6 @@ def num_workers(strategy):
     return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
 
 
-_STATE_BYTES = 8192
 _HALF = 2 ** 24  # integers travel as two float32 parts below this
 
 
@@ -89,49 +88,20 @@ def _unpack(t, v, is_int):
     return tf.cast(parts[0] * _HALF + parts[1], v.dtype)
 
 
-def _state_buffer(state, is_chief):
-    """The chief's JSON state as float32 bytes followed by the length (zeros elsewhere)."""
+def _state_buffer(state, is_chief, length):
+    """The chief's JSON state as float32 bytes, `length` long (zeros on other workers)."""
     import json
     import numpy as np
     blob = json.dumps(state).encode() if is_chief else b""
-    if len(blob) > _STATE_BYTES:
-        raise ValueError(f"loop state of {len(blob)} bytes exceeds {_STATE_BYTES}")
-    buf = np.zeros(_STATE_BYTES + 1, np.float32)
+    buf = np.zeros(max(length, 1), np.float32)
     buf[:len(blob)] = np.frombuffer(blob, np.uint8)
-    buf[-1] = len(blob)
     return buf
 
 
-def broadcast_from_chief(strategy, is_chief, variables, state):
-    """Makes every worker hold the chief's values of `variables` and the chief's `state`.
-
-    A multi-worker run resumes from the chief's checkpoint whatever the disk layout: workers
-    with their own local disks (no checkpoint, or an older one) take the chief's variables
-    and loop state (epoch, ...). One batched all-reduce where only the chief's first replica
-    contributes: SUM of the values and zeros, exact for every finite float32 (integer
-    counters travel as two float32 parts of 24 bits, exact below 2**48). A no-op for a
-    single worker.
-
-    Args:
-        variables: the variables a checkpoint holds (mirrored; float32 or integer).
-        state: the chief's JSON-serialisable loop state (None: no checkpoint); ignored on the
-            other workers.
-
-    Returns:
-        The chief's state (None when the chief had none).
-    """
-    import json
-    import numpy as np
+def _chief_sum(strategy, is_chief, buf, variables=(), integer=()):
+    """SUM over replicas where only the chief's first replica contributes: the chief's
+    `buf` and (packed) variable values on every worker."""
     import tensorflow as tf
-    if num_workers(strategy) == 1:
-        return state
-    buf = _state_buffer(state, is_chief)
-    integer = [tf.as_dtype(v.dtype).is_integer for v in variables]
-    for v, is_int in zip(variables, integer):
-        if is_int and is_chief and np.abs(v.numpy()).max(initial=0) >= 2 ** 48:
-            raise ValueError(f"{v.path}: integer state beyond 2**48 cannot be broadcast")
-        if not is_int and tf.as_dtype(v.dtype) != tf.float32:
-            raise ValueError(f"{v.path}: only float32 and integer state can be broadcast")
 
     def contribution(buf_t):
         ctx = tf.distribute.get_replica_context()
@@ -147,8 +117,44 @@ def broadcast_from_chief(strategy, is_chief, variables, state):
                                                    [(t, t) for t in per_replica])
         return [strategy.experimental_local_results(t)[0] for t in summed]
 
-    out = reduce(tf.constant(buf))
+    return reduce(tf.constant(buf))
+
+
+def broadcast_from_chief(strategy, is_chief, variables, state):
+    """Makes every worker hold the chief's values of `variables` and the chief's `state`.
+
+    A multi-worker run resumes from the chief's checkpoint whatever the disk layout: workers
+    with their own local disks (no checkpoint, or an older one) take the chief's variables
+    and loop state (epoch, method history, ...). Two batched all-reduces (the state's length,
+    then the state and every variable) in which only the chief's first replica contributes:
+    SUM with zeros, exact for every finite float32 (integer counters travel as two float32
+    parts of 24 bits, exact below 2**48). A no-op for a single worker.
+
+    Args:
+        variables: the variables a checkpoint holds (mirrored; float32 or integer).
+        state: the chief's JSON-serialisable loop state (None: no checkpoint); ignored on the
+            other workers.
+
+    Returns:
+        The chief's state (None when the chief had none).
+    """
+    import json
+    import numpy as np
+    import tensorflow as tf
+    if num_workers(strategy) == 1:
+        return state
+    integer = [tf.as_dtype(v.dtype).is_integer for v in variables]
+    for v, is_int in zip(variables, integer):
+        if is_int and is_chief and np.abs(v.numpy()).max(initial=0) >= 2 ** 48:
+            raise ValueError(f"{v.path}: integer state beyond 2**48 cannot be broadcast")
+        if not is_int and tf.as_dtype(v.dtype) != tf.float32:
+            raise ValueError(f"{v.path}: only float32 and integer state can be broadcast")
+    mine = len(json.dumps(state).encode()) if is_chief else 0
+    if mine >= _HALF:
+        raise ValueError(f"loop state of {mine} bytes is too large to broadcast")
+    length = int(_chief_sum(strategy, is_chief, np.array([mine], np.float32))[0].numpy()[0])
+    out = _chief_sum(strategy, is_chief, _state_buffer(state, is_chief, length), variables,
+                     integer)
     for v, value, is_int in zip(variables, out[1:], integer):
         v.assign(_unpack(value, v, is_int))
-    got = out[0].numpy()
-    return json.loads(got[:int(got[-1])].astype(np.uint8).tobytes().decode())
+    return json.loads(out[0].numpy()[:length].astype(np.uint8).tobytes().decode())

@@ -114,6 +114,14 @@ class SGAS(FirstOrder):
         rows = read_jsonl(os.path.join(loop.workdir, "alphas.jsonl"))
         return [r["softmax"] for r in rows if r["epoch"] < epoch]
 
+    # Several workers: only the chief's run directory holds alphas.jsonl, so on resume the
+    # chief sends the history (criterion 2's stability) with its checkpoint state.
+    def state_for_workers(self, loop, start):
+        return self._load_history(loop, start) if start else []
+
+    def set_state_from_chief(self, loop, history):
+        self.history = history
+
     def end_epoch(self, loop, epoch):
         c = loop.config
         if self.history is None:

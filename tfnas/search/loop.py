@@ -330,16 +330,18 @@ class SearchLoop:
         return genotype
 
     def resume_state(self):
-        """Restores the newest checkpoint; returns its loop state (None: start from scratch).
-
-        Several workers resume from the chief's checkpoint whatever their disks hold (local
-        disks: the others have none or an older one): the chief restores, then broadcasts its
-        variables and state to every worker."""
+        """Restores the newest checkpoint; returns its loop state (None: from scratch). Several
+        workers: the chief restores and broadcasts variables and state (local disks)."""
         workers = num_workers(self.strategy)
         state = self.checkpointer.restore_latest() if self.is_chief or workers == 1 else None
         if workers > 1:
             variables = [v for group in self.state_variables().values() for v in group]
+            hook = getattr(self.arch_update, "state_for_workers", None)
+            if self.is_chief and state is not None and hook is not None:
+                state = dict(state, method=hook(self, state["epoch"] + 1))  # SGAS history
             state = broadcast_from_chief(self.strategy, self.is_chief, variables, state)
+            if state is not None and "method" in state:
+                self.arch_update.set_state_from_chief(self, state.pop("method"))
         return state
 
     def current_genotype(self, meta=None):
