@@ -123,7 +123,10 @@ def test_multi_worker_two_processes(tmp_path):
         assert diff < 1e-3, (t, diff)
     losses = [[json.loads(line)["train_loss"] for line in open(d / "metrics.jsonl")]
               for d in (tmp_path / "run_worker0", one)]
-    assert np.allclose(losses[0], losses[1], atol=1e-3), losses
+    # epoch 1 (the same batches, alphas barely moved): equal to float rounding, which a
+    # wrong input shard could not be; later epochs drift with the alphas (5e-3 measured)
+    assert abs(losses[0][0] - losses[1][0]) < 1e-5, losses
+    assert np.allclose(losses[0], losses[1], atol=2e-2), losses
     chief, other = tmp_path / "run_worker0", tmp_path / "run_worker1"
     assert (chief / "genotype_magnitude.json").exists()
     assert len(os.listdir(chief / "checkpoints")) == 2
