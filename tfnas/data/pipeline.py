@@ -110,8 +110,7 @@ class Pipeline:
 
         def aug(i, xy):
             img, label = xy
-            if decode is not None:
-                img = decode(img)
+            img = decode(img)
             s = tf.stack([tf.constant(seed[0]) * 7919 + tf.constant(seed[1]), i]) * 3
             img = self._augment(s, img, prob) if augment else self.normalize(img)
             return img, label
@@ -138,10 +137,7 @@ class Pipeline:
         keys, decode = keys_and_decode(x)
         ds = tf.data.Dataset.from_tensor_slices((keys, y))
         prep = self._center if self.style == "imagenet" else self.normalize
-        if decode is not None:
-            ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            ds = ds.map(lambda a, b: (prep(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size or self.batch_size).prefetch(2)
 
 

@@ -117,7 +117,8 @@ def memmap_npz_member(path, name):
 
 
 def keys_and_decode(x):
-    """(keys for tf.data, decode function or None) of images `x` (lazy or an array)."""
+    """(keys for tf.data, key -> image) of images `x`: an array is its own key (identity:
+    no op is added to the pipeline)."""
     if isinstance(x, LazyImages):
         return x.keys, x.decode
-    return x, None
+    return x, lambda image: image
