@@ -8,7 +8,6 @@ global gradient (TF_NOTES 1) and alphas stay identical on every replica.
 import functools
 import math
 import os
-import socket
 import sys
 import time
 
@@ -21,11 +20,11 @@ from tfnas.checkpoint import Checkpointer
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
-from tfnas.io import (append_jsonl, atomic_write_json, check_folder, fmt_time,
-                      remove_stale_temps, truncate_jsonl)
+from tfnas.io import append_jsonl, check_folder, fmt_time, remove_stale_temps, truncate_jsonl
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
+from tfnas.search.graphs import LoopGraphs
 from tfnas.search.optim import MomentumSGD, TorchAdam
-from tfnas.search.workdir import prepare_workdir
+from tfnas.search.workdir import prepare_workdir, write_env
 from tfnas.derive import magnitude_genotype
 from tfnas.distribute import broadcast_from_chief, num_workers
 from tfnas.spaces import get_space
@@ -104,9 +103,8 @@ class SearchLoop:
         if config.benchmark_table:
             from tfnas.benchmarks import open_benchmark
             self.benchmark = open_benchmark(config.benchmark_table, self.space)
-        self._step_fn = tf.function(self._step, jit_compile=config.jit_compile or None)
-        self._steps_fn = tf.function(self._steps)
-        self._eval_fn = tf.function(self._eval_step)
+        # _eval_fn, _step_fn, _steps_fn: traced functions, specialised to decided edges
+        self.graphs = LoopGraphs(self)
 
     def state_variables(self):
         """Every variable a checkpoint must hold to resume exactly."""
@@ -231,6 +229,11 @@ class SearchLoop:
             buf.assign(tf.zeros_like(buf))
         self.w_opt.iterations.assign(0)
 
+    def eval_batches(self, batches=0, **_):
+        """How many batches `evaluate(batches)` runs."""
+        n = -(-len(self.valid_idx) // self.config.batch_size)
+        return min(n, batches) if batches else n
+
     def evaluate(self, batches=0, batch_stats=False):
         """Loss/accuracy of the supernet on the alpha split (no gradients).
 
@@ -246,6 +249,7 @@ class SearchLoop:
         ds = self.pipeline.evaluation(x, y)
         if batches:
             ds = ds.take(batches)
+        self.graphs.check("eval")
         for batch in self.strategy.experimental_distribute_dataset(ds):
             self._eval_fn(batch, training=bool(batch_stats))
         loss = float(self.metrics["valid_loss"].result())
@@ -271,9 +275,10 @@ class SearchLoop:
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
                                   unit_name="step")
         done = 0
+        self.graphs.check("step")
         while done < self.steps:
-            losses = self._run_steps(it_t, it_v, min(self.config.steps_per_execution,
-                                                     self.steps - done))
+            n = min(self.config.steps_per_execution, self.steps - done)
+            losses = self._run_steps(it_t, it_v, n)
             for j, loss in enumerate(losses):  # the running mean: non-finite from the bad step
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -298,7 +303,7 @@ class SearchLoop:
         start = state["epoch"] + 1 if state else 0
         if self.is_chief:
             self._truncate_logs(start)
-            self._write_env(resumed_from=start)
+            write_env(self, resumed_from=start)
         if start:
             self.log(f"resuming {self.workdir} after epoch {start - 1}")
         writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb")) \
@@ -306,6 +311,7 @@ class SearchLoop:
         t_run, epochs_done = time.time(), 0
         for epoch in range(start, c.epochs):
             t0 = time.time()
+            self.graphs.refresh("step", (c.epochs - epoch) * self.steps)  # SGAS decides edges
             record = self.train_epoch(epoch, cosine_lr(epoch, c.epochs, c.lr, c.lr_min))
             self.arch_update.end_epoch(self, epoch)
             if (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1:
@@ -379,18 +385,6 @@ class SearchLoop:
         """Drops log lines of epochs after the checkpoint we resume from."""
         for name in ("metrics.jsonl", "alphas.jsonl", "sgas.jsonl"):
             truncate_jsonl(os.path.join(self.workdir, name), "epoch", start)
-
-    def _write_env(self, resumed_from):
-        import platform
-        env = {"tensorflow": tf.__version__, "keras": keras.__version__,
-               "numpy": np.__version__, "python": platform.python_version(),
-               "host": socket.gethostname(), "argv": sys.argv,
-               "devices": [d.name for d in tf.config.list_logical_devices()],
-               "replicas": self.replicas, "strategy": type(self.strategy).__name__,
-               "seed": self.config.seed, "resumed_from_epoch": resumed_from,
-               "steps_per_epoch": self.steps,
-               "weights": self.model.count_weights()}
-        atomic_write_json(os.path.join(self.workdir, "env.json"), env)
 
 
 def alphas_digest(softmaxed):

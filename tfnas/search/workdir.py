@@ -47,3 +47,22 @@ def prepare_workdir(workdir, config, overwrite, is_chief=True):
                     os.unlink(p)
         os.makedirs(workdir, exist_ok=True)
         atomic_write_json(cfg_path, config.to_json())
+
+
+def write_env(loop, resumed_from):
+    """WORKDIR/env.json: versions, host, devices and the run's shape (chief only)."""
+    import platform
+    import socket
+    import sys
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    env = {"tensorflow": tf.__version__, "keras": keras.__version__,
+           "numpy": np.__version__, "python": platform.python_version(),
+           "host": socket.gethostname(), "argv": sys.argv,
+           "devices": [d.name for d in tf.config.list_logical_devices()],
+           "replicas": loop.replicas, "strategy": type(loop.strategy).__name__,
+           "seed": loop.config.seed, "resumed_from_epoch": resumed_from,
+           "steps_per_epoch": loop.steps, "weights": loop.model.count_weights()}
+    atomic_write_json(os.path.join(loop.workdir, "env.json"), env)

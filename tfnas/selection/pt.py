@@ -48,6 +48,10 @@ class SelectConfig:
                                 "measured here once, kept in WORKDIR/selection)")
     final_channels: int = _f(0, "C of the final network the budget is about (0: the search's)")
     final_layers: int = _f(0, "cells of the final network (0: the search's)")
+    prune_decided: str = _f("auto", "trace graphs without the ops that decided and removed "
+                                    "edges make zero (same numbers, less work): auto (when "
+                                    "the work saved pays for the trace) | always | never",
+                            ("auto", "always", "never"))
 
     def budget_kind(self):
         """(kind, limit) of the budget flag that is set, or None."""
@@ -75,6 +79,9 @@ class SelectConfig:
         if budgets and not get_selector(self.selector).decides:
             raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag "
                               f"({self.selector} makes no decisions to constrain)")
+        if self.prune_decided not in ("auto", "always", "never"):
+            raise ConfigError(f"--prune_decided={self.prune_decided!r} is invalid: expected "
+                              f"auto, always or never")
         if self.latency_table and not self.max_latency_ms:
             raise ConfigError("--latency_table is used with --max_latency_ms only")
         return self
@@ -100,6 +107,9 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
         (records, best validation accuracy or None when patience is 0).
     """
     records, best, stale = [], None, 0
+    loop.graphs.refresh("step", epochs * loop.steps)  # decided edges: a smaller graph
+    if patience:
+        loop.graphs.refresh("eval", epochs * loop.eval_batches(**(eval_kw or {})))
     for k in range(epochs):
         t0 = time.time()
         rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True)
@@ -137,6 +147,7 @@ class PerturbationSelector:
     def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
         self.budget = budget
+        loop.graphs.set_mode(config.prune_decided)
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
@@ -159,6 +170,9 @@ class PerturbationSelector:
 
     def decide(self, kind, ctype, target):
         archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
+        ops = max(len(o) for o in self.space.cells[ctype].ops)
+        self.loop.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
+            self.config.score_batches))  # before + each candidate + after
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
                       budget=self.budget, selector=self.config.selector)
 

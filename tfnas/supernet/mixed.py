@@ -109,8 +109,12 @@ class ArchParameters(keras.layers.Layer):
 class MixedOp(keras.layers.Layer):
     """Weighted sum of candidate ops on one edge.
 
-    Ops whose weight is exactly zero are skipped with `tf.cond` on the weight tensor (one
-    graph serves every mask; a decided edge runs one op and a removed edge none).
+    Two ways to leave out ops whose weight is zero, both exact (adding w * op(x) = 0 changes
+    no sum, and its gradient is 0): `skip_zero` tests every weight at run time (`tf.cond`:
+    one graph serves every mask, but it triples tracing and slows the undecided ops), and
+    `live_ops`, a list of op indices set while a graph is traced (`Supernet.leaving_out`),
+    builds a graph of only those ops, for a selection state that makes the others zero
+    for good (decided or removed edges).
 
     Args:
         op_names: the candidate ops of this edge.
@@ -128,6 +132,7 @@ class MixedOp(keras.layers.Layer):
         self.op_names, self.channels, self.stride = list(op_names), int(channels), int(stride)
         self.affine, self.pool_bn, self.skip_zero = bool(affine), bool(pool_bn), bool(skip_zero)
         self.ops = [build_op(n, channels, stride, affine, pool_bn, name=n) for n in op_names]
+        self.live_ops = None  # None: every op; else the indices a traced graph computes
 
     def build(self, input_shape):
         for op in self.ops:
@@ -137,20 +142,21 @@ class MixedOp(keras.layers.Layer):
         n, h, w_, _ = x.shape
         s = self.stride
         out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
+        zeros = lambda: tf.zeros(out_shape, x.dtype)  # noqa: E731
+        live = range(len(self.ops)) if self.live_ops is None else self.live_ops
         total = None
         # mixing weights come in float32 (softmax of float32 alphas); ops compute in the
         # layer's dtype (bfloat16/float16 under a mixed policy)
         per_op = tf.unstack(tf.cast(weights, x.dtype))  # one op (and one in the gradient) instead of a slice each
-        for k, op in enumerate(self.ops):
-            wk = per_op[k]
+        for k in live:
+            op, wk = self.ops[k], per_op[k]
             if self.skip_zero:
                 y = tf.cond(tf.not_equal(wk, 0.0),
-                            lambda op=op, wk=wk: wk * op(x, training=training),
-                            lambda: tf.zeros(out_shape, x.dtype))
+                            lambda op=op, wk=wk: wk * op(x, training=training), zeros)
             else:
                 y = wk * op(x, training=training)
             total = y if total is None else total + y
-        return total
+        return zeros() if total is None else total  # a removed edge
 
     def get_config(self):
         return {**super().get_config(), "op_names": self.op_names, "channels": self.channels,

@@ -1,5 +1,7 @@
 """The two supernet families: DARTS-style (normal/reduce cells) and NB201-style."""
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -161,6 +163,34 @@ class Supernet(keras.Model):
     def search_cells(self):
         """[(cell layer, cell type, reduction)] of every search cell, in order."""
         raise NotImplementedError
+
+    # --- graphs of the decided structure ---------------------------------------------------
+    def zero_ops(self):
+        """frozenset of (cell type, edge, op) whose mixing weight the selection state makes
+        zero whatever the masks and alphas: the other ops of a decided edge, every op of a
+        removed edge. A graph traced `leaving_out` them computes the same numbers."""
+        zero = set()
+        for t, a in zip(self.space.cell_types, self.archs):
+            fixed, live, row = a.decided(), a.live(), a.fixed_w.numpy()
+            for e, n in enumerate(a.ops_per_edge):
+                zero.update((t, e, k) for k in range(n)
+                            if not live[e] or (fixed[e] and row[e, k] == 0.0))
+        return frozenset(zero)
+
+    @contextlib.contextmanager
+    def leaving_out(self, ops):
+        """While a graph is traced inside, every mixed op computes only its ops that are not
+        in `ops` ((cell type, edge, op) triples, as `zero_ops`)."""
+        edges = [(t, e, m) for cell, t, _ in self.search_cells()
+                 for e, m in enumerate(cell.edges)]
+        for t, e, m in edges:
+            m.live_ops = [k for k in range(len(m.ops)) if (t, e, k) not in ops] if ops \
+                else None
+        try:
+            yield
+        finally:
+            for _, _, m in edges:
+                m.live_ops = None
 
     def set_synchronized_bn(self, synchronized=True):
         """Use cross-replica batch statistics in every BN (set before tracing)."""

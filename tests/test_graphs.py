@@ -1,0 +1,128 @@
+"""Graphs specialised to decided edges: same numbers as the full supernet, less work."""
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import tiny_config
+from tfnas.io import read_jsonl
+from tfnas.search import SearchLoop
+from tfnas.search.graphs import TRACE_CALLS
+from tfnas.selection.pt import SelectConfig
+from tfnas.selection.run import run_select
+
+
+def _loop(tmp, mode):
+    cfg = tiny_config(str(tmp), steps_per_epoch=3)
+    loop = SearchLoop(cfg, str(tmp / f"run_{mode}"), tf.distribute.get_strategy(),
+                      is_chief=False, log=lambda s: None)
+    loop.graphs.set_mode(mode)
+    for t in loop.space.cell_types:  # tiny space: 5 edges of (max_pool_3x3, sep_conv_3x3)
+        a = loop.model.arch(t)
+        a.fix_edge(0, 0)   # keeps max_pool: sep_conv left out
+        a.fix_edge(1, 1)   # keeps sep_conv
+        a.fix_edge(2, 1)
+        a.remove_edge(2)   # decided, then removed: nothing left
+        a.remove_edge(3)   # removed while undecided; edge 4 stays a mixture
+    return loop
+
+
+def _run(loop):
+    for kind in ("eval", "step"):
+        loop.graphs.refresh(kind, calls_ahead=100)
+    out = [loop.evaluate(batches=2, batch_stats=True)]
+    out.append(loop.train_epoch(0, 0.05))
+    out.append(loop.evaluate(batches=2, batch_stats=True))
+    loop.model.arch("normal").mask_op(4, 1)  # a PT candidate: a dynamic mask, not left out
+    out.append(loop.evaluate(batches=2, batch_stats=True))
+    loop.model.arch("normal").reset_op_mask()
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("graphs")
+    full, pruned = _loop(tmp, "never"), _loop(tmp, "always")
+    return full, _run(full), pruned, _run(pruned)
+
+
+def test_zero_ops_are_the_decided_and_removed_positions(pair):
+    _, _, pruned, _ = pair
+    zero = pruned.model.zero_ops()
+    for t in ("normal", "reduce"):
+        assert {(e, k) for c, e, k in zero if c == t} == {(0, 1), (1, 0), (2, 0), (2, 1),
+                                                          (3, 0), (3, 1)}
+    assert pruned.graphs.left_out == {"eval": zero, "step": zero}
+    with pruned.model.leaving_out(zero):
+        cell = pruned.model.search_cells()[0][0]
+        assert [m.live_ops for m in cell.edges] == [[0], [1], [], [], [0, 1]]
+    assert all(m.live_ops is None for m in cell.edges)  # only while tracing
+
+
+def _close(a, b):
+    """Equal up to float32 rounding: Grappler fuses and sums the smaller graph differently."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=0)
+
+
+def test_pruned_graphs_compute_the_same_function(pair):
+    full, full_out, pruned, pruned_out = pair
+    assert full.graphs.left_out["step"] == frozenset()
+    assert pruned.graphs.retraces == {"eval": 1, "step": 1}
+    assert all(_close(a, b) for a, b in zip(full_out, pruned_out)), (full_out, pruned_out)
+    assert [o[1] for o in full_out[::2]] == [o[1] for o in pruned_out[::2]]  # accuracies
+    assert full_out[1]["train_loss"] > 0 and full_out[0] != full_out[3]
+    for a, b in zip(full.model.trainable_variables, pruned.model.trainable_variables):
+        assert a.name == b.name
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_auto_prunes_by_the_work_ahead_and_falls_back_when_an_edge_returns(pair):
+    _, _, pruned, _ = pair
+    g = pruned.graphs
+    zero = pruned.model.zero_ops()
+    g.set_mode("auto")
+    share = g.cost(zero) / g.cost(frozenset())
+    assert 0.3 < share < 0.9
+    # prunes when calls * (1 - share) >= TRACE_CALLS * share, whatever the history
+    few = math.ceil(TRACE_CALLS * share / (1 - share)) - 1
+    assert g.target(few) == frozenset() and g.target(few + 1) == zero
+    assert g.refresh("eval", calls_ahead=few)  # back to the full graph
+    assert g.left_out["eval"] == frozenset() and not g.refresh("eval", calls_ahead=few)
+    assert g.refresh("eval", calls_ahead=few + 1) and g.left_out["eval"] == zero
+    # an edge put back: the graph that leaves it out is replaced before the next call
+    arch = pruned.model.arch("reduce")
+    arch.remove_edge(3, removed=False)
+    try:
+        pruned.evaluate(batches=1, batch_stats=True)
+        assert g.left_out["eval"] == frozenset()
+    finally:
+        arch.remove_edge(3)
+        g.set_mode("never")
+    assert g.target(10**9) == frozenset()
+    with pytest.raises(ValueError, match="auto, always, never"):
+        g.set_mode("sometimes")
+
+
+def test_selection_with_pruned_graphs_decides_the_same(searched):
+    rows, genotypes = {}, {}
+    for mode in ("never", "always"):
+        wd = f"{searched}_prune_{mode}"
+        shutil.copytree(searched, wd)
+        cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=1,
+                           prune_decided=mode)
+        genotypes[mode] = run_select(wd, cfg, log=lambda s: None).to_json()["cells"]
+        rows[mode] = read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))
+    assert genotypes["never"] == genotypes["always"]
+    assert len(rows["always"]) == len(rows["never"]) >= 10
+    for a, b in zip(rows["never"], rows["always"]):
+        assert a.keys() == b.keys() and a.get("choice") == b.get("choice")
+        assert a.get("kept_inputs") == b.get("kept_inputs")
+        assert _close([a["acc_before"], a["acc_after"]], [b["acc_before"], b["acc_after"]])
+        for op, s in a.get("scores", {}).items():
+            assert _close(s, b["scores"][op]), (s, b["scores"][op])

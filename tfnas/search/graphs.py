@@ -1,0 +1,113 @@
+"""The search loop's traced functions, and graphs specialised to the decided structure.
+
+Selection decides edges one by one: a decided edge keeps one op and a removed edge none, so
+most of the supernet's ops end up multiplied by a weight that is zero for good. A graph
+traced `leaving_out` those ops (`Supernet.zero_ops`) computes the same function (adding
+w * op(x) = 0 changes no sum and its gradient is zero), with less work the more edges are
+decided: on DARTS C8 L5 with 13 of 14 edges decided, the PT scoring pass runs 2.6x and
+the tuning step 2.5x faster than the full graph (docs/PERFORMANCE.md).
+
+A new graph costs a trace, and it is not bit-identical: Grappler fuses and reorders the
+smaller graph's sums differently (losses differ in the 7th digit; tests/test_graphs.py bounds
+it). So the choice must not depend on timing or history, or the same command (or a resumed
+one) could compute different numbers: `LoopGraphs.refresh(kind, calls_ahead)` picks, from
+the selection state and the work ahead alone, either the full graph or the one leaving out
+every zero op. Under `mode="auto"` it prunes when the calls ahead, times the share of work
+saved (an op-count estimate), exceed `TRACE_CALLS` calls of the smaller graph (a trace
+costs 20-60 calls of the full graph on the benchmark configs); `"always"` prunes whenever
+an op is zero for good, `"never"` keeps the full graph (the search's numbers). Every worker
+of a multi-worker run makes the same choice, so their collectives match.
+"""
+
+import tensorflow as tf
+
+MODES = ("auto", "always", "never")
+KINDS = ("eval", "step")
+TRACE_CALLS = 100
+# Relative work of an op in the cost estimate (unknown names count 1; each cell adds 1 for
+# its preprocessing). Only used to predict the share of work a smaller graph leaves.
+OP_COST = {"none": 0.0, "skip_connect": 0.2, "max_pool_3x3": 0.5, "avg_pool_3x3": 0.5,
+           "sep_conv_3x3": 2.0, "sep_conv_5x5": 2.0, "sep_conv_7x7": 2.0}
+
+
+class LoopGraphs:
+    """Owns a SearchLoop's `_eval_fn`, `_step_fn` and `_steps_fn`.
+
+    Args:
+        loop: the SearchLoop (its `_eval_step`, `_step`, `_steps` are traced).
+        mode: "auto", "always" or "never" (see the module docstring).
+    """
+
+    def __init__(self, loop, mode="auto"):
+        self.loop = loop
+        self.set_mode(mode)
+        self.left_out = {}
+        self.retraces = {k: 0 for k in KINDS}
+        for kind in KINDS:
+            self._install(kind, frozenset())
+
+    def set_mode(self, mode):
+        if mode not in MODES:
+            raise ValueError(f"graph mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
+
+    # --- tracing -------------------------------------------------------------------------
+    def _traced(self, fn, left_out, **kwargs):
+        model = self.loop.model
+
+        def body(*args, **kw):
+            with model.leaving_out(left_out):  # read while tracing only
+                return fn(*args, **kw)
+        return tf.function(body, **kwargs)
+
+    def _install(self, kind, left_out):
+        loop = self.loop
+        if kind == "eval":
+            loop._eval_fn = self._traced(loop._eval_step, left_out)
+        else:
+            loop._step_fn = self._traced(loop._step, left_out,
+                                         jit_compile=loop.config.jit_compile or None)
+            loop._steps_fn = self._traced(loop._steps, left_out)
+        self.left_out[kind] = left_out
+
+    # --- specialisation ------------------------------------------------------------------
+    def cost(self, left_out):
+        """Estimated work of a graph leaving out `left_out` (arbitrary units)."""
+        total = 0.0
+        for cell, ctype, _ in self.loop.model.search_cells():
+            total += 1.0
+            for e, edge in enumerate(cell.edges):
+                total += sum(OP_COST.get(name, 1.0) for k, name in enumerate(edge.op_names)
+                             if (ctype, e, k) not in left_out)
+        return total
+
+    def target(self, calls_ahead):
+        """The ops the graph for `calls_ahead` calls leaves out: none, or every zero op."""
+        zero = self.loop.model.zero_ops()
+        if self.mode == "never" or not zero:
+            return frozenset()
+        if self.mode == "auto":
+            share = self.cost(zero) / max(self.cost(frozenset()), 1e-9)
+            if calls_ahead * (1.0 - share) < TRACE_CALLS * share:
+                return frozenset()
+        return zero
+
+    def check(self, kind):
+        """Before a call: if `kind`'s graph leaves out an op whose weight may no longer be
+        zero (an edge put back), installs the full graph."""
+        cur = self.left_out[kind]
+        if cur and not cur <= self.loop.model.zero_ops():
+            self._install(kind, frozenset())
+
+    def refresh(self, kind, calls_ahead):
+        """Before `calls_ahead` calls of `kind` ("eval" or "step") under a new selection
+        state: installs the graph `target` picks. Call it where no candidate is temporarily
+        masked or removed (it would be left out too, and put back by `check`). Returns True
+        when a new graph was installed (traced on its first call)."""
+        self.check(kind)
+        target = self.target(calls_ahead)
+        if target == self.left_out[kind]:
+            return False
+        self._install(kind, target)
+        self.retraces[kind] += 1
+        return True
