@@ -14,8 +14,8 @@ one) could compute different numbers: `LoopGraphs.refresh(kind, calls_ahead)` pi
 the selection state and the work ahead alone, either the full graph or the one leaving out
 every zero op. Under `mode="auto"` it prunes when the calls ahead, times the share of work
 saved (an op-count estimate), exceed `TRACE_CALLS` calls of the smaller graph (a trace
-costs 20-60 calls of the full graph on the benchmark configs); `"always"` prunes whenever
-an op is zero for good, `"never"` keeps the full graph (the search's numbers). Every worker
+costs about 15-50 calls of the full graph on the benchmark configs); `"always"` prunes
+whenever an op is zero for good, `"never"` keeps the full graph (the search's numbers). Every worker
 of a multi-worker run makes the same choice, so their collectives match.
 """
 
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 MODES = ("auto", "always", "never")
 KINDS = ("eval", "step")
-TRACE_CALLS = 100
+TRACE_CALLS = 50
 # Relative work of an op in the cost estimate (unknown names count 1; each cell adds 1 for
 # its preprocessing). Only used to predict the share of work a smaller graph leaves.
 OP_COST = {"none": 0.0, "skip_connect": 0.2, "max_pool_3x3": 0.5, "avg_pool_3x3": 0.5,
