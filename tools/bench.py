@@ -25,6 +25,9 @@ in fresh processes (same machine, same hour), and the ratios are of the medians 
 No reference number is stored in this repository: a ratio is only ever printed from a
 measurement of both.
 
+A whole PT phase (every decision and the tuning between them), side by side with the
+reference's own projection loop: `tools/pt_phase.py`.
+
 `--input=DATASET` also times the search's training input pipeline alone on a real dataset
 (read, decode, crop, flip, normalise, batch: what feeds each step) at each config's batch
 size, and prints its img/s over the step's.
@@ -54,6 +57,7 @@ def run_one(name, steps, warmup, decision_batches=4):
     import numpy as np
     import tensorflow as tf
     from tfnas.config import SearchConfig
+    from tfnas.grappler import memory_optimizer_skipped
     from tfnas.search import SearchLoop
     c = CONFIGS[name]
     b = c["batch"]
@@ -107,6 +111,7 @@ def run_one(name, steps, warmup, decision_batches=4):
             "step_gflop": step_gflop, "achieved_gflop_s": step_gflop / med,
             "matmul_peak_gflop_s": _matmul_peak(),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "grappler_memory_optimizer_skipped": memory_optimizer_skipped(),
             "steps": steps, "threads": {
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),

@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import resource
 import sys
 import tempfile
