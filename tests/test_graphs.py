@@ -114,7 +114,7 @@ def test_selection_with_pruned_graphs_decides_the_same(searched):
     for mode in ("never", "always"):
         wd = f"{searched}_prune_{mode}"
         shutil.copytree(searched, wd)
-        cfg = SelectConfig(selector="pt", tune_epochs_per_decision=1, score_batches=1,
+        cfg = SelectConfig(selector="pt", tune_epochs_per_decision=0, score_batches=1,
                            prune_decided=mode)
         genotypes[mode] = run_select(wd, cfg, log=lambda s: None).to_json()["cells"]
         rows[mode] = read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))

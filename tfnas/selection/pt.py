@@ -49,8 +49,9 @@ class SelectConfig:
     final_channels: int = _f(0, "C of the final network the budget is about (0: the search's)")
     final_layers: int = _f(0, "cells of the final network (0: the search's)")
     prune_decided: str = _f("auto", "trace graphs without the ops that decided and removed "
-                                    "edges make zero (same numbers, less work): auto (when "
-                                    "the work saved pays for the trace) | always | never",
+                                    "edges make zero (the same function, less work; rounding "
+                                    "differs by ~1e-7): auto (when the batches ahead pay for "
+                                    "the trace) | always | never",
                             ("auto", "always", "never"))
 
     def budget_kind(self):
