@@ -110,15 +110,20 @@ def test_auto_prunes_by_the_work_ahead_and_falls_back_when_an_edge_returns(pair)
 
 
 def test_selection_with_pruned_graphs_decides_the_same(searched):
-    rows, genotypes = {}, {}
+    rows, genotypes, lines = {}, {}, {"never": [], "always": []}
     for mode in ("never", "always"):
         wd = f"{searched}_prune_{mode}"
         shutil.copytree(searched, wd)
         cfg = SelectConfig(selector="pt", tune_epochs_per_decision=0, score_batches=1,
                            prune_decided=mode)
-        genotypes[mode] = run_select(wd, cfg, log=lambda s: None).to_json()["cells"]
+        genotypes[mode] = run_select(wd, cfg, log=lines[mode].append).to_json()["cells"]
         rows[mode] = read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))
     assert genotypes["never"] == genotypes["always"]
+    said = lambda m: [x for x in lines[m] if "graph retraced" in x]  # noqa: E731
+    assert said("never") == [] and len(said("always")) >= 5
+    assert said("always")[:2] == [
+        "  scoring graph retraced without 1 zero op of decided/removed edges",
+        "  scoring graph retraced without 2 zero ops of decided/removed edges"]
     assert len(rows["always"]) == len(rows["never"]) >= 10
     for a, b in zip(rows["never"], rows["always"]):
         assert a.keys() == b.keys() and a.get("choice") == b.get("choice")

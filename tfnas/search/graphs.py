@@ -111,3 +111,10 @@ class LoopGraphs:
         self._install(kind, target)
         self.retraces[kind] += 1
         return True
+
+    def describe(self, kind):
+        """One line for the log after a refresh that installed a new graph."""
+        n = len(self.left_out[kind])
+        what = {"eval": "scoring", "step": "tuning"}[kind]
+        return (f"  {what} graph retraced without {n} zero op{'s' if n != 1 else ''} of "
+                f"decided/removed edges" if n else f"  {what} graph retraced with every op")

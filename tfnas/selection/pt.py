@@ -108,9 +108,11 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
         (records, best validation accuracy or None when patience is 0).
     """
     records, best, stale = [], None, 0
-    loop.graphs.refresh("step", epochs * loop.steps)  # decided edges: a smaller graph
-    if patience:
-        loop.graphs.refresh("eval", epochs * loop.eval_batches(**(eval_kw or {})))
+    for kind, calls in (("step", epochs * loop.steps),  # decided edges: a smaller graph
+                        ("eval", epochs * loop.eval_batches(**(eval_kw or {})) if patience
+                         else 0)):
+        if calls and loop.graphs.refresh(kind, calls):
+            log(loop.graphs.describe(kind))
     for k in range(epochs):
         t0 = time.time()
         rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True)
@@ -172,8 +174,9 @@ class PerturbationSelector:
     def decide(self, kind, ctype, target):
         archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
         ops = max(len(o) for o in self.space.cells[ctype].ops)
-        self.loop.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
-            self.config.score_batches))  # before + each candidate + after
+        if self.loop.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
+                self.config.score_batches)):  # before + each candidate + after
+            self.log(self.loop.graphs.describe("eval"))
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
                       budget=self.budget, selector=self.config.selector)
 
