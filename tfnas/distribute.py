@@ -88,11 +88,9 @@ def _unpack(t, v, is_int):
     return tf.cast(parts[0] * _HALF + parts[1], v.dtype)
 
 
-def _state_buffer(state, is_chief, length):
-    """The chief's JSON state as float32 bytes, `length` long (zeros on other workers)."""
-    import json
+def _state_buffer(blob, length):
+    """`blob` (the chief's JSON state; empty elsewhere) as float32 bytes, `length` long."""
     import numpy as np
-    blob = json.dumps(state).encode() if is_chief else b""
     buf = np.zeros(max(length, 1), np.float32)
     buf[:len(blob)] = np.frombuffer(blob, np.uint8)
     return buf
@@ -149,12 +147,12 @@ def broadcast_from_chief(strategy, is_chief, variables, state):
             raise ValueError(f"{v.path}: integer state beyond 2**48 cannot be broadcast")
         if not is_int and tf.as_dtype(v.dtype) != tf.float32:
             raise ValueError(f"{v.path}: only float32 and integer state can be broadcast")
-    mine = len(json.dumps(state).encode()) if is_chief else 0
-    if mine >= _HALF:
-        raise ValueError(f"loop state of {mine} bytes is too large to broadcast")
-    length = int(_chief_sum(strategy, is_chief, np.array([mine], np.float32))[0].numpy()[0])
-    out = _chief_sum(strategy, is_chief, _state_buffer(state, is_chief, length), variables,
-                     integer)
+    blob = json.dumps(state).encode() if is_chief else b""
+    if len(blob) >= _HALF:
+        raise ValueError(f"loop state of {len(blob)} bytes is too large to broadcast")
+    length = int(_chief_sum(strategy, is_chief, np.array([len(blob)], np.float32))[0]
+                 .numpy()[0])
+    out = _chief_sum(strategy, is_chief, _state_buffer(blob, length), variables, integer)
     for v, value, is_int in zip(variables, out[1:], integer):
         v.assign(_unpack(value, v, is_int))
     return json.loads(out[0].numpy()[:length].astype(np.uint8).tobytes().decode())

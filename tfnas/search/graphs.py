@@ -103,8 +103,8 @@ class LoopGraphs:
         """Before `calls_ahead` calls of `kind` ("eval" or "step") under a new selection
         state: installs the graph `target` picks. Call it where no candidate is temporarily
         masked or removed (it would be left out too, and put back by `check`). Returns True
-        when a new graph was installed (traced on its first call)."""
-        self.check(kind)
+        when a new graph was installed (traced on its first call). A graph leaving out an op
+        that is no longer zero is always replaced (the target leaves out only zero ops)."""
         target = self.target(calls_ahead)
         if target == self.left_out[kind]:
             return False

@@ -26,6 +26,7 @@ import time
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
+from tfnas.search.graphs import MODES as GRAPH_MODES
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
 
 
@@ -52,7 +53,7 @@ class SelectConfig:
                                     "edges make zero (the same function, less work; rounding "
                                     "differs by ~1e-7): auto (when the batches ahead pay for "
                                     "the trace) | always | never",
-                            ("auto", "always", "never"))
+                            GRAPH_MODES)
 
     def budget_kind(self):
         """(kind, limit) of the budget flag that is set, or None."""
@@ -80,9 +81,9 @@ class SelectConfig:
         if budgets and not get_selector(self.selector).decides:
             raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag "
                               f"({self.selector} makes no decisions to constrain)")
-        if self.prune_decided not in ("auto", "always", "never"):
+        if self.prune_decided not in GRAPH_MODES:
             raise ConfigError(f"--prune_decided={self.prune_decided!r} is invalid: expected "
-                              f"auto, always or never")
+                              f"one of {', '.join(GRAPH_MODES)}")
         if self.latency_table and not self.max_latency_ms:
             raise ConfigError("--latency_table is used with --max_latency_ms only")
         return self
@@ -108,11 +109,11 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
         (records, best validation accuracy or None when patience is 0).
     """
     records, best, stale = [], None, 0
-    for kind, calls in (("step", epochs * loop.steps),  # decided edges: a smaller graph
-                        ("eval", epochs * loop.eval_batches(**(eval_kw or {})) if patience
-                         else 0)):
-        if calls and loop.graphs.refresh(kind, calls):
-            log(loop.graphs.describe(kind))
+    if epochs and loop.graphs.refresh("step", epochs * loop.steps):  # decided edges
+        log(loop.graphs.describe("step"))
+    if epochs and patience and loop.graphs.refresh(
+            "eval", epochs * loop.eval_batches(**(eval_kw or {}))):
+        log(loop.graphs.describe("eval"))
     for k in range(epochs):
         t0 = time.time()
         rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True)
