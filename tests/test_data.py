@@ -169,6 +169,31 @@ def test_large_npz_is_memory_mapped_and_gives_the_in_memory_batches(tmp_path, mo
     assert isinstance(load_dataset(f"npz:{tmp_path / 'c.npz'}").x_train, np.ndarray)
 
 
+def test_evaluation_shards_put_together_are_the_global_batches():
+    """Multi-worker evaluation: each of 2 workers (2 local replicas each) decodes only its half
+    of every global batch, the small last one included (one replica gets an empty batch
+    there); every worker yields the same number of batches, and side by side they are the
+    one-machine batches. `batches` keeps the first N global batches."""
+    d = load_dataset("digits", limit=200)
+    p = Pipeline(d, 8, seed=4)
+    x, y = d.x_train[:37], d.y_train[:37]  # 4 full batches and one of 5
+    whole = [(a.numpy(), b.numpy()) for a, b in p.evaluation(x, y)]
+    parts = [[(a.numpy(), b.numpy()) for a, b in p.evaluation(x, y, shard=(w, 2),
+                                                              replica_batch=2)]
+             for w in range(2)]
+    assert len(whole) == 5 and len(parts[0]) == len(parts[1]) == 10
+    assert [len(b) for _, b in parts[1][-2:]] == [1, 0]  # examples 36 and none
+    for k, (images, labels) in enumerate(whole):
+        side = [parts[w][2 * k + r] for w in range(2) for r in range(2)]
+        np.testing.assert_array_equal(images, np.concatenate([a for a, _ in side]))
+        np.testing.assert_array_equal(labels, np.concatenate([b for _, b in side]))
+    first = [b.numpy() for _, b in p.evaluation(x, y, batches=2)]
+    assert [len(b) for b in first] == [8, 8]
+    np.testing.assert_array_equal(np.concatenate(first), y[:16])
+    one = [b.numpy() for _, b in p.evaluation(x, y, batches=2, shard=(1, 2), replica_batch=4)]
+    np.testing.assert_array_equal(np.concatenate(one), np.concatenate([y[4:8], y[12:16]]))
+
+
 def test_worker_shards_put_together_are_the_global_batches():
     """A multi-worker pipeline: each of 2 workers decodes and augments only its half of every
     global batch; side by side, the halves are the one-machine batches (values and order)."""

@@ -127,6 +127,11 @@ def test_multi_worker_two_processes(tmp_path):
     # wrong input shard could not be; later epochs drift with the alphas (5e-3 measured)
     assert abs(losses[0][0] - losses[1][0]) < 1e-5, losses
     assert np.allclose(losses[0], losses[1], atol=2e-2), losses
+    # evaluation: each worker decodes its share of every alpha-split batch (the last, of 22
+    # examples, split 16/6); together they count every example once, as one process does
+    valid = [[json.loads(line)["valid_acc"] for line in open(d / "metrics.jsonl")]
+             for d in (tmp_path / "run_worker0", one)]
+    assert abs(valid[0][0] - valid[1][0]) <= 1 / 150 + 1e-6, valid  # at most one example
     chief, other = tmp_path / "run_worker0", tmp_path / "run_worker1"
     assert (chief / "genotype_magnitude.json").exists()
     assert len(os.listdir(chief / "checkpoints")) == 2
@@ -199,15 +204,16 @@ def test_gpu_check_dry_run_on_two_logical_cpus(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(HERE, "..", "tools", "gpu_check.py"),
                           "--cpu_devices=2", "--channels=4", "--layers=3", "--steps=2",
                           "--batch_per_replica=16", "--decision_batches=1",
-                          # bfloat16 only: float32 mirrored steps are the other slow tests'
+                          # 16-bit only: float32 mirrored steps are the other slow tests'
                           # subject, and each precision traces for minutes on 2 cores
-                          "--precisions=mixed_bfloat16",
+                          "--precisions=mixed_bfloat16,mixed_float16",
                           f"--out={out_json}"], capture_output=True, text=True, timeout=900,
                          env=_env(), cwd=os.path.join(HERE, ".."))
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out_json.read_text())
     assert r["replicas"] == 2 and r["alphas_identical"] and r["loss_finite"]
-    assert list(r["runs"]) == ["mixed_bfloat16"]
+    assert list(r["runs"]) == ["mixed_bfloat16", "mixed_float16"]
+    assert r["runs"]["mixed_float16"]["loss_scale"] >= 1.0  # loss scaling on 2 replicas
     assert all(run["images_per_s"] > 0 and run["alphas_identical"]
                for run in r["runs"].values())
     assert r["pt_decision"]["ops_scored"] == 7

@@ -9,6 +9,7 @@ import json
 import math
 
 from tfnas.errors import ConfigError
+from tfnas.precision import POLICIES as PRECISIONS
 
 
 def _f(default, help, choices=None):
@@ -93,10 +94,10 @@ class SearchConfig:
     ckpt_every: int = _f(1, "checkpoint every N epochs")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     jit_compile: bool = _f(False, "XLA-compile the step (slower on CPU; try on GPU)")
-    mixed_precision: str = _f("float32", "float32, or mixed_bfloat16: ops in bfloat16 with float32 "
-                                    "variables, alphas, BN statistics and loss (GPUs with "
-                                    "bfloat16: A100/H100; mixed_float16 is not offered yet)",
-                           ("float32", "mixed_bfloat16"))
+    mixed_precision: str = _f("float32", "float32, mixed_bfloat16 or mixed_float16: ops in 16 "
+                                         "bits with float32 variables, alphas, BN statistics "
+                                         "and loss (bfloat16: A100/H100; float16: V100/T4, "
+                                         "with dynamic loss scaling)", PRECISIONS)
     steps_per_execution: int = _f(1, "search steps per tf.function call: the host reads the "
                                      "losses once per call, so GPUs are not stalled by a "
                                      "sync per step; a non-finite loss still stops at its "
@@ -184,9 +185,9 @@ class TrainConfig:
     drop_path: float = _f(0.2, "final drop-path rate (ramped linearly over the epochs)")
     label_smoothing: float = _f(0.0, "label smoothing (0.1 for ImageNet)")
     seed: int = _f(2, "seed of weights and data order")
-    mixed_precision: str = _f("float32", "float32, or mixed_bfloat16: ops in bfloat16 with "
-                                         "float32 variables, BN statistics and loss",
-                              ("float32", "mixed_bfloat16"))
+    mixed_precision: str = _f("float32", "float32, mixed_bfloat16 or mixed_float16: ops in 16 "
+                                         "bits with float32 variables, BN statistics and loss "
+                                         "(float16 with dynamic loss scaling)", PRECISIONS)
 
     def validate(self):
         def need(cond, name, expected):

@@ -150,7 +150,7 @@ class _Builder:
         return self._apply(layer, x, weights)
 
     def clone(self, x, layer):
-        # float32 whatever policy the network was trained under (mixed_bfloat16)
+        # float32 whatever policy the network was trained under (mixed_bfloat16/float16)
         new = type(layer).from_config({**layer.get_config(), "name": self._name(layer.name),
                                        "dtype": "float32"})
         return self._apply(new, x, layer.get_weights() or None)

@@ -172,9 +172,9 @@ def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evalu
     source_dtype = dtypes.pop() if dtypes else "float32"
     mixed = {}
     if source_dtype != "float32":
-        # A mixed-precision model computes in bfloat16: the artefacts are checked against
-        # the float32 Keras graph of the same weights, and the gap to the mixed model is
-        # reported (bfloat16 rounding, not an export error).
+        # A mixed-precision model computes in bfloat16 or float16: the artefacts are checked
+        # against the float32 Keras graph of the same weights, and the gap to the mixed model
+        # is reported (16-bit rounding, not an export error).
         ref, mixed_ref = _main_output(serving(x, training=False)), ref
         mixed = {"source_compute_dtype": source_dtype, "mixed_vs_float32_max_abs_diff":
                  float(np.max(np.abs(np.asarray(mixed_ref, np.float32) - ref)))}

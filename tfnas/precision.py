@@ -1,14 +1,16 @@
 """Mixed precision: the Keras dtype policy a network is built under.
 
-Under `mixed_bfloat16` every op computes in bfloat16 with float32 variables, while alphas and
-their softmax (`ArchParameters`), BN scale/offset/statistics (`BatchNorm`, not autocast), the
-classifier's logits and therefore the loss stay float32. float16 needs loss scaling in the
-custom search loop, which is not built yet, so `mixed_float16` is not offered.
+Under `mixed_bfloat16` or `mixed_float16` every op computes in the 16-bit type with float32
+variables, while alphas and their softmax (`ArchParameters`), BN scale/offset/statistics
+(`BatchNorm`, not autocast), the classifier's logits and therefore the loss stay float32.
+float16 also needs loss scaling: the search loop's `DynamicLossScale`
+(tfnas/search/optim.py), and Keras's `LossScaleOptimizer` in `tfnas train`, which `compile`
+wraps around the optimizer of a mixed_float16 model.
 """
 
 import contextlib
 
-POLICIES = ("float32", "mixed_bfloat16")
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @contextlib.contextmanager

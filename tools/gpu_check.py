@@ -8,8 +8,9 @@ On every visible GPU under `MirroredStrategy` (or, for a dry run, on N logical C
   2. the alphas after the timed steps are bit-identical on every replica;
   3. peak memory per GPU (tf.config.experimental.get_memory_info);
   4. one whole PT op decision on the mirrored supernet (score before, every op masked, after);
-  5. steps 1-3 again under `--mixed_precision=mixed_bfloat16` (img/s, finite loss, alphas
-     identical; float32 alphas, BN statistics and loss).
+  5. steps 1-3 again under `--mixed_precision=mixed_bfloat16` and `mixed_float16` (img/s,
+     finite loss, alphas identical; float32 alphas, BN statistics and loss; float16 with
+     dynamic loss scaling, its final scale reported).
 
 Prints one JSON object (also written to --out).
 
@@ -34,7 +35,7 @@ def _args():
     p.add_argument("--batch_per_replica", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed steps after one warm-up step")
     p.add_argument("--decision_batches", type=int, default=4)
-    p.add_argument("--precisions", default="float32,mixed_bfloat16",
+    p.add_argument("--precisions", default="float32,mixed_bfloat16,mixed_float16",
                    help="comma-separated: each one is timed (the PT decision: the first)")
     p.add_argument("--out", default="gpu_check.json")
     return p.parse_args()
@@ -82,8 +83,9 @@ def _timed_search(cfg, strategy, tmp, steps, t_launch):
     spread = max(float(np.max(np.abs(np.asarray(r) - np.asarray(
         strategy.experimental_local_results(v)[0]))))
         for v in loop.alphas for r in strategy.experimental_local_results(v))
+    scale = {"loss_scale": float(loop.loss_scale.scale.numpy())} if loop.loss_scale else {}
     return loop, {
-        "seconds_since_launch_at_first_step": first_step_s, "median_step_s": median,
+        **scale, "seconds_since_launch_at_first_step": first_step_s, "median_step_s": median,
         "images_per_s": cfg.batch_size / median,
         "images_per_s_per_device": cfg.batch_size / median / replicas,
         "loss_finite": bool(np.isfinite(loss)),

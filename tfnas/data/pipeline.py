@@ -132,13 +132,47 @@ class Pipeline:
         ds = ds.map(lambda i, xy: (i[lo:hi], (xy[0][lo:hi], xy[1][lo:hi])))
         return ds.unbatch()
 
-    def evaluation(self, x, y, batch_size=None):
-        """Normalised, unaugmented batches in order (the last batch may be smaller)."""
+    def evaluation(self, x, y, batch_size=None, batches=0, shard=None, replica_batch=None):
+        """Normalised, unaugmented batches in order (the last batch may be smaller).
+
+        Args:
+            batches: only the first N global batches (0: all).
+            shard: (worker, workers): this worker's contiguous share of every global batch,
+                cut before decoding (worker w keeps examples [w*B/W, (w+1)*B/W) of each; of
+                a smaller last batch, what falls in that range).
+            replica_batch: with `shard`, the worker's share is returned as share/replica_batch
+                consecutive batches, one per local replica, for every global batch (some
+                empty at a small last batch): every worker yields the same number of batches.
+        """
         keys, decode = keys_and_decode(x)
-        ds = tf.data.Dataset.from_tensor_slices((keys, y))
+        size = batch_size or self.batch_size
         prep = self._center if self.style == "imagenet" else self.normalize
-        ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(batch_size or self.batch_size).prefetch(2)
+        ds = tf.data.Dataset.from_tensor_slices((keys, y))
+        if not batches and shard is None:
+            ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.batch(size).prefetch(2)
+        ds = ds.batch(size)
+        if batches:
+            ds = ds.take(batches)
+        if shard is None:
+            return ds.unbatch().map(lambda a, b: (prep(decode(a)), b),
+                                    num_parallel_calls=tf.data.AUTOTUNE).batch(size).prefetch(2)
+        worker, workers = shard
+        if size % workers:
+            raise ValueError(f"batch size {size} is not divisible by {workers} input pipelines")
+        lo, hi = worker * size // workers, (worker + 1) * size // workers
+        per = replica_batch or hi - lo
+        spec = tf.TensorSpec(self.data.input_shape, tf.float32)
+
+        def share(k, label):  # this worker's examples of one global batch, decoded
+            k, label = k[lo:hi], label[lo:hi]
+            return tf.map_fn(lambda a: prep(decode(a)), k, fn_output_signature=spec), label
+
+        def per_replica(images, label):
+            return tf.data.Dataset.range(0, hi - lo, per).map(
+                lambda i: (images[i:i + per], label[i:i + per]))
+        ds = ds.map(share, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.flat_map(per_replica).prefetch(2)
 
 
 def color_jitter(x, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2):

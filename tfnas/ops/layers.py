@@ -53,11 +53,14 @@ def depthwise_conv2d(x, kernel, stride=1, dilation=1):
 
     oneDNN's backprop kernel rejects stride 2 together with dilation 2, so that case runs at
     stride 1 and keeps every second row and column: with symmetric padding this is exactly the
-    strided result.
+    strided result. float16: TF's own dilated kernel rejects it in graphs ("does not support
+    dilations"), so dilation runs as space-to-batch around an undilated kernel.
     """
     if stride > 1 and dilation > 1:
         return depthwise_conv2d(x, kernel, 1, dilation)[:, ::stride, ::stride, :]
     x, pad = _conv_input(x, kernel.shape[0], stride, dilation)
+    if dilation > 1 and x.dtype == tf.float16:
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], pad, dilations=[dilation] * 2)
     return tf.raw_ops.DepthwiseConv2dNative(
         input=x, filter=kernel, strides=[1, stride, stride, 1], padding=pad,
         dilations=[1, dilation, dilation, 1])
@@ -234,7 +237,8 @@ class Pool(OpLayer):
             return fn(x, 3, 1, "SAME")
         pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
         if self.kind == "max":
-            return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=-3.0e38), 3, 2, "VALID")
+            # the lowest value of the compute dtype (float16's is -65504, not -3e38)
+            return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=x.dtype.min), 3, 2, "VALID")
         # Symmetric padding with the count of real pixels per window (count_include_pad=False).
         total = tf.nn.avg_pool2d(tf.pad(x, pads), 3, 2, "VALID")
         return total * tf.constant(_inverse_window_counts(x.shape[1], x.shape[2]), x.dtype)

@@ -12,7 +12,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfnas import precision
@@ -24,8 +23,8 @@ from tfnas.grappler import skip_memory_optimizer
 from tfnas.io import append_jsonl, check_folder, fmt_time, remove_stale_temps, truncate_jsonl
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.graphs import LoopGraphs
-from tfnas.search.optim import MomentumSGD, TorchAdam
-from tfnas.search.workdir import prepare_workdir, write_env
+from tfnas.search.optim import DynamicLossScale, MomentumSGD, TorchAdam
+from tfnas.search.workdir import alphas_digest, prepare_workdir, write_env
 from tfnas.derive import magnitude_genotype
 from tfnas.distribute import broadcast_from_chief, num_workers
 from tfnas.spaces import get_space
@@ -92,6 +91,7 @@ class SearchLoop:
             self.w_opt = MomentumSGD(self.weights, config.lr, config.momentum)
             self.a_opt = TorchAdam(self.alphas, config.arch_lr, beta_1=config.arch_beta1,
                                    beta_2=config.arch_beta2)
+            self.loss_scale = DynamicLossScale() if config.mixed_precision == "mixed_float16" else None
             self.metrics = {k: keras.metrics.Mean(name=k) for k in
                             ("train_loss", "alpha_loss", "valid_loss")}
             self.metrics.update({k: keras.metrics.SparseCategoricalAccuracy(name=k) for k in
@@ -110,9 +110,10 @@ class SearchLoop:
 
     def state_variables(self):
         """Every variable a checkpoint must hold to resume exactly."""
-        return {"model": self.model.variables, "w_opt": self.w_opt.variables,
-                "a_opt": self.a_opt.variables,
-                "methods": list(self.arch_update.variables) + list(self.perturbation.variables)}
+        state = {"model": self.model.variables, "w_opt": self.w_opt.variables,
+                 "a_opt": self.a_opt.variables, "methods": list(self.arch_update.variables) +
+                 list(self.perturbation.variables)}
+        return dict(state, loss_scale=self.loss_scale.variables) if self.loss_scale else state
 
     # --- pieces used by components (inside the traced step) --------------------------------
     def _loss(self, x, y, training=True, probs=None, metrics=None):
@@ -133,17 +134,26 @@ class SearchLoop:
                     if isinstance(v, tf.Tensor):
                         tape.watch(v)
                 loss = self._loss(x, y, training=training, probs=probs, metrics=metrics)
+                if self.loss_scale:
+                    loss = self.loss_scale.scale_loss(loss)
             grads = tape.gradient(loss, variables)
             # e.g. the reduce alpha of a net too shallow to have a reduction cell
             return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         per_replica = self.strategy.run(replica_fn, args=batch)
-        if self.replicas == 1:
-            return [self.strategy.experimental_local_results(g)[0] for g in per_replica]
-        # One batched all-reduce of the whole list (packed into as few collectives as the
-        # cross-device ops allow), not one reduction per variable.
-        reduced = self.strategy.extended.batch_reduce_to(
-            tf.distribute.ReduceOp.SUM, [(g, g) for g in per_replica])
-        return [self.strategy.experimental_local_results(r)[0] for r in reduced]
+        if self.replicas > 1:
+            # One batched all-reduce of the whole list (packed into as few collectives as the
+            # cross-device ops allow), not one reduction per variable.
+            per_replica = self.strategy.extended.batch_reduce_to(
+                tf.distribute.ReduceOp.SUM, [(g, g) for g in per_replica])
+        grads = [self.strategy.experimental_local_results(g)[0] for g in per_replica]
+        return self.loss_scale.unscale(grads) if self.loss_scale else grads
+
+    def apply_updates(self, grads, apply):
+        """`apply(grads)`; under loss scaling only when every gradient is finite."""
+        if self.loss_scale:
+            self.loss_scale.apply_if_finite(grads, apply)
+        else:
+            apply(grads)
 
     def reduced_loss(self, batch, probs=None, training=True):
         """The global mean loss of a batch (no gradients)."""
@@ -153,8 +163,8 @@ class SearchLoop:
 
     def apply_alpha_grads(self, grads):
         wd = self.config.arch_weight_decay
-        self.a_opt.apply_gradients(
-            [(g + wd * a, a) for g, a in zip(grads, self.alphas)])
+        self.apply_updates(grads, lambda gs: self.a_opt.apply_gradients(
+            [(g + wd * a, a) for g, a in zip(gs, self.alphas)]))
 
     def _step(self, bt, bv):
         if self.arch_update.trains_alpha:
@@ -166,7 +176,8 @@ class SearchLoop:
         # Coupled L2 added after clipping, as torch's SGD(weight_decay) after clip_grad_norm_;
         # MomentumSGD then applies torch's momentum convention.
         wd = tf.constant(self.config.weight_decay, tf.float32)
-        self.w_opt.apply_gradients([(g + wd * w, w) for g, w in zip(grads, self.weights)])
+        self.apply_updates(grads, lambda gs: self.w_opt.apply_gradients(
+            [(g + wd * w, w) for g, w in zip(gs, self.weights)]))
         return self.metrics["train_loss"].result()
 
     def _steps(self, it_t, it_v, n):
@@ -248,11 +259,9 @@ class SearchLoop:
         for m in ("valid_loss", "valid_acc"):
             self.metrics[m].reset_state()
         x, y = self.data.x_train[self.valid_idx], self.data.y_train[self.valid_idx]
-        ds = self.pipeline.evaluation(x, y)
-        if batches:
-            ds = ds.take(batches)
-        self.graphs.check("eval")
-        for batch in self.strategy.experimental_distribute_dataset(ds):
+        self.graphs.check("eval")  # several workers: each decodes only its share of a batch
+        for batch in self._distribute(functools.partial(self.pipeline.evaluation, x, y,
+                                                        batches=batches)):
             self._eval_fn(batch, training=bool(batch_stats))
         loss = float(self.metrics["valid_loss"].result())
         if not math.isfinite(loss):
@@ -387,15 +396,6 @@ class SearchLoop:
         """Drops log lines of epochs after the checkpoint we resume from."""
         for name in ("metrics.jsonl", "alphas.jsonl", "sgas.jsonl"):
             truncate_jsonl(os.path.join(self.workdir, name), "epoch", start)
-
-
-def alphas_digest(softmaxed):
-    """Short hash of the softmaxed alphas (rounded to 1e-6), to compare runs and replicas."""
-    import hashlib
-    h = hashlib.sha1()
-    for t in sorted(softmaxed):
-        h.update(np.round(np.asarray(softmaxed[t], np.float64), 6).tobytes())
-    return h.hexdigest()[:12]
 
 
 def run_search(config, workdir, overwrite=False, strategy=None, is_chief=True, log=None):

@@ -88,3 +88,48 @@ class TorchAdam:
             denom = tf.sqrt(v) / tf.sqrt(bc2) + self.epsilon
             var.assign_sub(self.learning_rate / bc1 * m / denom)
         self.iterations.assign_add(1)
+
+
+class DynamicLossScale:
+    """Dynamic loss scaling for `mixed_float16` (the rule of Keras's LossScaleOptimizer):
+    the loss is multiplied by `scale` before differentiation so small float16 gradients do
+    not flush to zero; the gradients are divided by it after the all-reduce. An update whose
+    gradients are not all finite is skipped and the scale halved; after `period` finite
+    updates in a row it doubles. Its two variables are checkpointed with the run.
+
+    Args:
+        initial: the first scale (2**15).
+        period: finite updates before the scale doubles (2000).
+    """
+
+    def __init__(self, initial=2.0 ** 15, period=2000):
+        self.scale = tf.Variable(float(initial), trainable=False, dtype=tf.float32,
+                                 name="loss_scale")
+        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64,
+                                      name="loss_scale_good_steps")
+        self.period = int(period)
+
+    @property
+    def variables(self):
+        return [self.scale, self.good_steps]
+
+    def scale_loss(self, loss):
+        return loss * self.scale
+
+    def unscale(self, grads):
+        inv = 1.0 / self.scale.value()
+        return [g * inv for g in grads]
+
+    def apply_if_finite(self, grads, apply):
+        """Calls `apply(grads)` only when every gradient is finite (identical on every
+        replica: `grads` are all-reduced), then adapts the scale."""
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+
+        def run():
+            apply(grads)
+            return tf.constant(True)
+        tf.cond(finite, run, lambda: tf.constant(False))
+        grow = finite & (self.good_steps + 1 >= self.period)
+        factor = tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5)
+        self.scale.assign(tf.maximum(self.scale * factor, 1.0))
+        self.good_steps.assign(tf.where(finite & ~grow, self.good_steps + 1, 0))

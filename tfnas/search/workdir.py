@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 from tfnas.errors import WorkdirError
 from tfnas.io import atomic_write_json
 
@@ -66,3 +68,12 @@ def write_env(loop, resumed_from):
            "seed": loop.config.seed, "resumed_from_epoch": resumed_from,
            "steps_per_epoch": loop.steps, "weights": loop.model.count_weights()}
     atomic_write_json(os.path.join(loop.workdir, "env.json"), env)
+
+
+def alphas_digest(softmaxed):
+    """Short hash of the softmaxed alphas (rounded to 1e-6), to compare runs and replicas."""
+    import hashlib
+    h = hashlib.sha1()
+    for t in sorted(softmaxed):
+        h.update(np.round(np.asarray(softmaxed[t], np.float64), 6).tobytes())
+    return h.hexdigest()[:12]
