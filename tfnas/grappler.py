@@ -1,56 +1,75 @@
-"""Grappler settings for tfnas's traced functions.
+"""Grappler settings for tfnas's traced functions: cheaper graph optimisation of the huge
+supernet step, which dominates the time to the first step.
 
-TensorFlow's Grappler memory optimizer is on by default and TF2 has no public switch for it
-(`tf.config.optimizer.set_experimental_options` has no `memory_optimization` key). On the
-supernet's step it is the most expensive pass by far: on DARTS C8 L5 B32 it took 15.6 s of
-the 50.7 s first call (rewriting the graph's large sums, +5,450 nodes), and turning it off
-changed neither the steady step time nor the numbers (docs/PERFORMANCE.md has the
-measurements, also of peak memory).
+Two settings, both in the rewriter options of the eager context's config, which every
+function call hands to Grappler (TF2 has no public switch for either):
 
-`skip_memory_optimizer()` sets `memory_optimization: NO_MEM_OPT` in the rewriter options of
-the eager context's config, which every function call hands to Grappler. It wraps a private
-property of TensorFlow's context (`tensorflow.python.eager.context.Context.config`): when that
-is not there (another TensorFlow), it changes nothing and returns False.
-`TFNAS_MEMORY_OPTIMIZER=1` keeps TensorFlow's default.
+- **Memory optimizer off** (`memory_optimization: NO_MEM_OPT`). On the supernet's step it
+  is the most expensive pass by far: on DARTS C8 L5 B32 it took 15.6 s of the 50.7 s first
+  call (rewriting the graph's large sums, +5,450 nodes); turning it off changed neither the
+  steady step time nor the numbers. `TFNAS_MEMORY_OPTIMIZER=1` keeps TensorFlow's default.
+- **One meta-optimizer iteration** (`meta_optimizer_iterations: ONE`; TF's default is two).
+  The second round of the same passes over the ~35k-node graph took 9.5 s of the 29.6 s
+  first call at C8 L5 and removed 17 nodes; at C16 L8 the first call went 69 -> 45 s with
+  the steady step unchanged. It changes float rounding (the graph is fused slightly
+  differently): losses agree to ~3e-5 relative after 6 steps at C8 L5 (tests/test_grappler.py
+  bounds it). `TFNAS_GRAPPLER_ITERATIONS=2` keeps TensorFlow's default.
+
+Measurements: docs/PERFORMANCE.md. This wraps a private property of TensorFlow's context
+(`tensorflow.python.eager.context.Context.config`): when that is not there (another
+TensorFlow), it changes nothing and `apply_settings()` returns an empty dict.
 """
 
 import os
 
-_APPLIED = []
+_APPLIED = {}
 
 
-def skip_memory_optimizer():
-    """Turns Grappler's memory optimizer off for functions traced or run from now on, once
-    per process. Returns True when it is off."""
-    if os.environ.get("TFNAS_MEMORY_OPTIMIZER") == "1":
-        return False
+def _wanted():
+    from tensorflow.core.protobuf import rewriter_config_pb2 as rc
+    out = {}
+    if os.environ.get("TFNAS_MEMORY_OPTIMIZER") != "1":
+        out["memory_optimization"] = rc.RewriterConfig.NO_MEM_OPT
+    if os.environ.get("TFNAS_GRAPPLER_ITERATIONS") != "2":
+        out["meta_optimizer_iterations"] = rc.RewriterConfig.ONE
+    return out
+
+
+def apply_settings():
+    """Applies tfnas's Grappler settings to functions traced or run from now on (once per
+    process; the environment's opt-outs are read the first time). Returns the settings in
+    force, {rewriter option: value}."""
     if _APPLIED:
-        return True
+        return dict(_APPLIED["settings"])
     try:
-        from tensorflow.core.protobuf import rewriter_config_pb2
         from tensorflow.python.eager import context
         prop = context.Context.__dict__["config"]
         getter = prop.fget
+        wanted = _wanted()
     except (ImportError, KeyError, AttributeError):
-        return False
-    off = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        return {}
 
     def config(self):
         cfg = getter(self)
-        cfg.graph_options.rewrite_options.memory_optimization = off
+        for key, value in wanted.items():
+            setattr(cfg.graph_options.rewrite_options, key, value)
         return cfg
 
     context.Context.config = property(config, prop.fset, prop.fdel, prop.__doc__)
-    _APPLIED.append(True)
-    return True
+    _APPLIED["settings"] = wanted
+    return dict(wanted)
 
 
-def memory_optimizer_skipped():
-    """True when this process runs its functions without the memory optimizer."""
+def settings_in_force():
+    """{"memory_optimizer": "off"|"default", "meta_optimizer_iterations": 1|2}, read back
+    from the context's config (what bench.py reports)."""
     try:
-        from tensorflow.core.protobuf import rewriter_config_pb2
+        from tensorflow.core.protobuf import rewriter_config_pb2 as rc
         from tensorflow.python.eager import context
-        mode = context.context().config.graph_options.rewrite_options.memory_optimization
-        return mode == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        opts = context.context().config.graph_options.rewrite_options
     except (ImportError, AttributeError):
-        return False
+        return {}
+    return {"memory_optimizer": "off" if opts.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
+            else "default",
+            "meta_optimizer_iterations": 1 if opts.meta_optimizer_iterations ==
+            rc.RewriterConfig.ONE else 2}

@@ -38,10 +38,10 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     """
     import tensorflow as tf
     from tfnas.data import load_dataset
-    from tfnas.grappler import skip_memory_optimizer
+    from tfnas.grappler import apply_settings
     from tfnas.models import build_model
 
-    skip_memory_optimizer()
+    apply_settings()
     config.validate()
     check_folder(workdir, "--workdir")
     out = os.path.join(workdir, "train")

@@ -57,7 +57,7 @@ def run_one(name, steps, warmup, decision_batches=4):
     import numpy as np
     import tensorflow as tf
     from tfnas.config import SearchConfig
-    from tfnas.grappler import memory_optimizer_skipped
+    from tfnas.grappler import settings_in_force
     from tfnas.search import SearchLoop
     c = CONFIGS[name]
     b = c["batch"]
@@ -111,7 +111,7 @@ def run_one(name, steps, warmup, decision_batches=4):
             "step_gflop": step_gflop, "achieved_gflop_s": step_gflop / med,
             "matmul_peak_gflop_s": _matmul_peak(),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "grappler_memory_optimizer_skipped": memory_optimizer_skipped(),
+            "grappler": settings_in_force(),
             "steps": steps, "threads": {
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
