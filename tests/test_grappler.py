@@ -35,7 +35,7 @@ import tensorflow as tf
 from helpers import tiny_config
 from tfnas.grappler import settings_in_force
 from tfnas.search import run_search
-cfg = tiny_config({folder!r}, epochs=2, steps_per_epoch=6, batch_size=32)
+cfg = tiny_config({folder!r}, epochs=1, steps_per_epoch=6, batch_size=32)
 g = run_search(cfg, {folder!r} + "/run", log=lambda s: None)
 rows = [json.loads(line) for line in open({folder!r} + "/run/metrics.jsonl")]
 print(json.dumps({{"grappler": settings_in_force(), "loss": [r["train_loss"] for r in rows],
@@ -44,6 +44,7 @@ print(json.dumps({{"grappler": settings_in_force(), "loss": [r["train_loss"] for
 
 
 def _search(folder, **env):
+    """The tiny search in a fresh process with the environment `env`."""
     os.makedirs(folder)
     out = subprocess.run([sys.executable, "-c", _SEARCH.format(tests=HERE, folder=folder)],
                          capture_output=True, text=True, timeout=600,
@@ -53,13 +54,18 @@ def _search(folder, **env):
 
 
 def test_one_iteration_changes_only_rounding_and_the_opt_outs_restore_defaults(tmp_path):
-    ours = _search(str(tmp_path / "ours"))
     default = _search(str(tmp_path / "default"), TFNAS_GRAPPLER_ITERATIONS="2",
-                      TFNAS_MEMORY_OPTIMIZER="1")
-    assert ours["grappler"] == {"memory_optimizer": "off", "meta_optimizer_iterations": 1}
+                      TFNAS_MEMORY_OPTIMIZER="1")  # another process: settings are per process
     assert default["grappler"] == {"memory_optimizer": "default", "meta_optimizer_iterations": 2}
-    np.testing.assert_allclose(ours["loss"], default["loss"], rtol=1e-4)
-    a = json.loads(ours["alphas"])["softmax"]
+    from helpers import tiny_config
+    from tfnas.search import run_search
+    folder = str(tmp_path / "ours")
+    run_search(tiny_config(folder, epochs=1, steps_per_epoch=6, batch_size=32),
+               folder + "/run", log=lambda s: None)
+    assert settings_in_force() == {"memory_optimizer": "off", "meta_optimizer_iterations": 1}
+    loss = [json.loads(line)["train_loss"] for line in open(folder + "/run/metrics.jsonl")]
+    np.testing.assert_allclose(loss, default["loss"], rtol=1e-4)
+    a = json.loads(open(folder + "/run/alphas.jsonl").read().splitlines()[-1])["softmax"]
     b = json.loads(default["alphas"])["softmax"]
     for t in a:
         np.testing.assert_allclose(np.asarray(a[t]), np.asarray(b[t]), atol=1e-4)

@@ -140,7 +140,7 @@ def test_float16_search_learns_and_resumes_with_its_loss_scale(tmp_path, monkeyp
     # the scale changes during the run, so a resume that lost it would compute differently
     monkeypatch.setattr(loop_module, "DynamicLossScale",
                         functools.partial(DynamicLossScale, initial=2.0 ** 24, period=8))
-    cfg = tiny_config(str(tmp_path), epochs=3, steps_per_epoch=8, batch_size=64,
+    cfg = tiny_config(str(tmp_path), epochs=3, steps_per_epoch=6, batch_size=64,
                       limit_examples=0, mixed_precision="mixed_float16")
     full = run_search(cfg, str(tmp_path / "full"), log=lambda s: None)
     rows = read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
