@@ -148,15 +148,11 @@ class Pipeline:
         size = batch_size or self.batch_size
         prep = self._center if self.style == "imagenet" else self.normalize
         ds = tf.data.Dataset.from_tensor_slices((keys, y))
-        if not batches and shard is None:
+        if batches:
+            ds = ds.take(batches * size)  # the first N global batches
+        if shard is None:
             ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
             return ds.batch(size).prefetch(2)
-        ds = ds.batch(size)
-        if batches:
-            ds = ds.take(batches)
-        if shard is None:
-            return ds.unbatch().map(lambda a, b: (prep(decode(a)), b),
-                                    num_parallel_calls=tf.data.AUTOTUNE).batch(size).prefetch(2)
         worker, workers = shard
         if size % workers:
             raise ValueError(f"batch size {size} is not divisible by {workers} input pipelines")
@@ -171,7 +167,7 @@ class Pipeline:
         def per_replica(images, label):
             return tf.data.Dataset.range(0, hi - lo, per).map(
                 lambda i: (images[i:i + per], label[i:i + per]))
-        ds = ds.map(share, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(size).map(share, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.flat_map(per_replica).prefetch(2)
 
 
