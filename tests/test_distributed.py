@@ -246,3 +246,74 @@ def test_selection_state_reaches_every_replica():
         assert first == second, (name, first, second)
     assert state["op_mask"][1][:3] == [1.0, 0.0, 1.0]
     assert state["is_fixed"][1] == [0.0, 1.0, 0.0] and state["edge_mask"][1] == [1.0, 1.0, 0.0]
+
+
+_TRAIN = ["train", "--genotype=darts_v2", "--dataset=digits", "--channels=4", "--layers=3",
+          "--epochs=3", "--batch_size=64", "--limit_examples=256", "--cutout_length=4",
+          "--seed=1", "--auxiliary=false", "--drop_path=0"]
+
+
+def _start_train_workers(tmp_path, prefix):
+    """Two `tfnas train --strategy=multi_worker` processes on 127.0.0.1, each with its own
+    --workdir tmp_path/<prefix><i> (local disks)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for i in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        args = [sys.executable, "-m", "tfnas.cli"] + _TRAIN + [
+            "--strategy=multi_worker", f"--workdir={tmp_path / f'{prefix}{i}'}"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))
+    return procs
+
+
+def _train_weights(wd):
+    import keras
+    import tfnas.models  # noqa: F401  (registers the layers a .keras file names)
+    import tfnas.supernet  # noqa: F401
+    return [w.numpy() for w in keras.models.load_model(wd / "train" / "model.keras",
+                                                       compile=False).weights]
+
+
+@pytest.mark.slow
+def test_train_on_two_workers_matches_mirrored_and_resumes_after_a_lost_worker(tmp_path):
+    """`tfnas train --strategy=multi_worker` (tfnas's loop; Keras's fit cannot run there):
+    two workers take the steps of one machine with two replicas (the same global batches,
+    each worker decoding its half); with worker 1 killed after epoch 2 the chief stops with
+    one line, and the restarted cluster (worker 1 has no files of its own) resumes from the
+    chief's checkpoint and ends with the weights and history of an uninterrupted run."""
+    import signal
+    _finish(_start_train_workers(tmp_path, "u"))
+    assert not (tmp_path / "u1").exists()  # only the chief writes
+    whole = json.loads((tmp_path / "u0" / "train" / "history.json").read_text())
+    mirrored = subprocess.run([sys.executable, "-m", "tfnas.cli"] + _TRAIN + [
+        "--strategy=mirrored", "--cpu_devices=2", "--loop=custom",
+        f"--workdir={tmp_path / 'm'}"], capture_output=True, text=True, timeout=600,
+        env=_env())
+    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
+    one = json.loads((tmp_path / "m" / "train" / "history.json").read_text())
+    # training: equal to all-reduce rounding; validation reads the BN moving statistics,
+    # which the two strategies average over replicas differently (2.2e-4 measured)
+    for key, tol in (("loss", 1e-5), ("accuracy", 1e-6), ("val_loss", 1e-3),
+                     ("val_accuracy", 1 / 360 + 1e-6)):
+        assert np.allclose(whole[key], one[key], atol=tol), (key, whole[key], one[key])
+    procs = _start_train_workers(tmp_path, "w")
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("epoch 2/3"):  # printed after the epoch's checkpoint
+                break
+        procs[1].send_signal(signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=120)
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    assert procs[0].returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("tfnas: error: lost contact with worker 1")
+    outs = _finish(_start_train_workers(tmp_path, "w"))
+    assert "resuming" in outs[0] and "resuming" in outs[1], outs
+    assert "epoch 1/3" not in outs[1] and "epoch 3/3" in outs[1]
+    assert json.loads((tmp_path / "w0" / "train" / "history.json").read_text()) == whole
+    for a, b in zip(_train_weights(tmp_path / "u0"), _train_weights(tmp_path / "w0")):
+        np.testing.assert_array_equal(a, b)

@@ -132,10 +132,16 @@ def _add_report(sub):
 def _add_train(sub):
     from tfnas.config import TrainConfig
     train = sub.add_parser("train", help="retrain a genotype from scratch",
-                           description="Retrain a genotype with model.fit; re-running resumes.")
+                           description="Retrain a genotype (model.fit on one machine, "
+                                       "tfnas's own loop under multi_worker); re-running "
+                                       "resumes.")
     train.add_argument("--genotype", required=True, help="genotype JSON path or zoo name")
     train.add_argument("--workdir", required=True, help="run directory (writes WORKDIR/train)")
     _add_strategy_flags(train)
+    train.add_argument("--loop", default="auto", choices=("auto", "fit", "custom"),
+                       help="auto: Keras's model.fit on one machine, tfnas's own loop (exact "
+                            "resume, per-worker input) under multi_worker, where fit cannot "
+                            "run")
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
 
@@ -279,13 +285,14 @@ def cmd_train(args):
     from tfnas.config import TrainConfig
     from tfnas.distribute import make_strategy
     from tfnas.genotype import Genotype
-    from tfnas.train import check_strategy, run_train
-    check_strategy(args.strategy)
+    from tfnas.train import choose_loop, run_train
+    choose_loop(args.loop, args.strategy == "multi_worker")  # before any cluster is joined
     config = _config_from_args(args, TrainConfig).validate()
     genotype = Genotype.load(args.genotype)
-    strategy, _ = make_strategy(args.strategy, args.cpu_devices)
-    run_train(config, genotype, args.workdir, strategy)
-    print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
+    strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
+    run_train(config, genotype, args.workdir, strategy, is_chief=is_chief, loop=args.loop)
+    if is_chief:
+        print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
     return 0
 
 

@@ -188,11 +188,14 @@ class TrainConfig:
     mixed_precision: str = _f("float32", "float32, mixed_bfloat16 or mixed_float16: ops in 16 "
                                          "bits with float32 variables, BN statistics and loss "
                                          "(float16 with dynamic loss scaling)", PRECISIONS)
+    steps_per_execution: int = _f(1, "training steps per tf.function call (fewer host "
+                                     "round trips); results do not depend on it")
 
     def validate(self):
         def need(cond, name, expected):
             _need(self, cond, name, expected)
-        for name in ("epochs", "batch_size", "channels", "layers", "cutout_length"):
+        for name in ("epochs", "batch_size", "channels", "layers", "cutout_length",
+                     "steps_per_execution"):
             need(getattr(self, name) > 0, name, "a positive integer")
         need(self.limit_examples >= 0, "limit_examples", "0 or a positive integer")
         for name in ("lr", "momentum", "weight_decay", "grad_clip", "auxiliary_weight"):

@@ -67,6 +67,35 @@ def num_workers(strategy):
     return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
 
 
+def sum_over_replicas(strategy, per_replica):
+    """A list of per-replica tensors summed over every replica of every worker: one batched
+    all-reduce of the whole list (packed into as few collectives as the cross-device ops
+    allow), not one reduction per tensor. Call in the cross-replica context of a
+    `tf.function`; returns plain tensors, identical everywhere."""
+    import tensorflow as tf
+    if strategy.num_replicas_in_sync > 1:
+        per_replica = strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, [(t, t) for t in per_replica])
+    return [strategy.experimental_local_results(t)[0] for t in per_replica]
+
+
+def distribute_input(strategy, make, batch_size):
+    """Distributed batches of the dataset `make(**kw)` builds.
+
+    One machine: the global batches split across its replicas. Several workers: each builds
+    its own pipeline with `shard=(worker, workers)` and `replica_batch=...` and so decodes
+    and augments only its slice of every global batch (`distribute_datasets_from_function`),
+    the same batches as on one machine.
+    """
+    if num_workers(strategy) == 1:
+        return strategy.experimental_distribute_dataset(make())
+
+    def per_worker(ctx):
+        return make(shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+                    replica_batch=ctx.get_per_replica_batch_size(batch_size))
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
 _HALF = 2 ** 24  # integers travel as two float32 parts below this
 
 

@@ -9,6 +9,8 @@ Keras's `SGD(weight_decay=...)` is decoupled (`w -= lr * wd * w`, outside the mo
 (TF_NOTES 1). This optimizer sums the gradients across replicas first (one all-reduce of the
 whole list, as Keras does), clips the global gradient by its global norm, adds `l2 * w`, and
 applies PyTorch's momentum convention, so one replica and N replicas take the same step.
+Called in the cross-replica context (tfnas's retraining loop), it takes gradients already
+summed over replicas.
 """
 
 import keras
@@ -62,6 +64,12 @@ class ReferenceSGD(keras.optimizers.Optimizer):
             grads, _ = tf.clip_by_global_norm(grads, self.clip_global_norm)
         if self.l2 > 0:
             grads = [g + tf.cast(self.l2, g.dtype) * v for g, v in zip(grads, variables)]
+        if tf.distribute.in_cross_replica_context():
+            # tfnas's own retraining loop (tfnas/retrain.py): the gradients arrive summed
+            # over replicas and are applied once to every copy of each variable
+            self._distributed_tf_update_step(tf.distribute.get_strategy(),
+                                             list(zip(grads, variables)), learning_rate)
+            return
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, self._distribution_strategy,
             list(zip(grads, variables)), learning_rate)

@@ -1,4 +1,5 @@
-"""Retrain a genotype from scratch with `model.fit` and standard Keras callbacks."""
+"""Retrain a genotype from scratch: `model.fit` with standard Keras callbacks on one
+machine, tfnas's own loop (tfnas/retrain.py) under MultiWorkerMirroredStrategy."""
 
 import json
 import math
@@ -13,28 +14,35 @@ from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def check_strategy(name):
-    """Retraining runs on one machine (default or mirrored).
+LOOPS = ("auto", "fit", "custom")
+
+
+def choose_loop(loop, multi_worker):
+    """"fit" (Keras's model.fit) or "custom" (tfnas.retrain.RetrainLoop); "auto" takes the
+    custom loop where fit cannot run: under MultiWorkerMirroredStrategy (Keras 3.15's fit
+    reduces a distributed batch eagerly and its scalar logs along axis 0 there).
 
     Raises:
-        UsageError: `multi_worker`: Keras 3.15's model.fit cannot average its logged metrics
-            under MultiWorkerMirroredStrategy (it reduces scalars along axis 0).
+        UsageError: an unknown loop, or "fit" under `multi_worker`.
     """
-    if name == "multi_worker":
-        raise UsageError("tfnas train --strategy=multi_worker is not supported: Keras 3's "
-                         "model.fit cannot average its logged metrics under "
-                         "MultiWorkerMirroredStrategy (it reduces scalars along axis 0 and "
-                         "fails at the first epoch); retrain on one machine with "
-                         "--strategy=mirrored (all its GPUs)")
+    if loop not in LOOPS:
+        raise UsageError(f"--loop={loop!r} is invalid: expected one of {', '.join(LOOPS)}")
+    if loop == "fit" and multi_worker:
+        raise UsageError("--loop=fit cannot run under --strategy=multi_worker (Keras 3's fit "
+                         "fails there); use --loop=auto or --loop=custom")
+    if loop == "auto":
+        return "custom" if multi_worker else "fit"
+    return loop
 
 
 def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto",
-              extra_callbacks=()):
+              extra_callbacks=(), is_chief=True, loop="auto"):
     """Trains the discrete network of `genotype`; resumes an interrupted run in `workdir`.
 
     Writes WORKDIR/train/: config.json, model.keras (last), best.keras (best test accuracy),
-    history.csv, history.json, tb/, backup/ (BackupAndRestore state while running).
-    Returns the Keras History.
+    history.csv, history.json, tb/, and the resume state while running: backup/ (fit's
+    BackupAndRestore) or checkpoints/ (the custom loop, kept). Only the chief writes.
+    Returns a Keras History (the custom loop's holds every epoch, resumed ones included).
     """
     import tensorflow as tf
     from tfnas.data import load_dataset
@@ -48,30 +56,60 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     record = {"config": config.to_json(), "genotype": genotype.to_json()}
     _check_same_run(os.path.join(out, "config.json"), record, config)
     strategy = strategy or tf.distribute.get_strategy()
+    loop = choose_loop(loop, isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
+    _check_resume_state(out, loop)
     keras.utils.set_random_seed(config.seed)
     # the data is read and validated before anything is written into the workdir
     data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples,
                         config.skip_bad_images)
     style = "imagenet" if config.form == "imagenet" else "cifar"
     _check_cutout(config, data, style)
-    os.makedirs(out, exist_ok=True)
-    remove_stale_temps(out)
-    atomic_write_json(os.path.join(out, "config.json"), record)
-    train_ds, val_ds, steps = _datasets(config, data, style)
+    if is_chief:
+        os.makedirs(out, exist_ok=True)
+        remove_stale_temps(out)
+        atomic_write_json(os.path.join(out, "config.json"), record)
+    pipe, steps = _pipeline(config, data, style)
     with strategy.scope(), precision.policy(config.mixed_precision):
         model = build_model(genotype, data.num_classes, data.input_shape, config.channels,
                             config.layers, auxiliary=config.auxiliary,
                             drop_path=config.drop_path, form=config.form)
         _compile(model, config, steps)
-    callbacks = _callbacks(model, config, out, has_validation=val_ds is not None)
     log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
-        f"parameters, {steps} steps per epoch, {config.epochs} epochs")
+        f"parameters, {steps} steps per epoch, {config.epochs} epochs"
+        + (" (tfnas's loop)" if loop == "custom" else ""))
+    monitor = _monitor(config, has_validation=len(data.x_test) > 0)
+    if loop == "custom":
+        from tfnas.retrain import RetrainLoop
+        test = (data.x_test, data.y_test) if len(data.x_test) else None
+        history = keras.callbacks.History()
+        history.history = RetrainLoop(model, config, pipe, len(data.x_train), test, steps,
+                                      strategy, out, monitor, is_chief, log).run()
+        return history
+    train_ds, val_ds = _datasets(config, pipe, data)
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                        validation_data=val_ds, callbacks=callbacks + list(extra_callbacks),
-                        verbose=verbose)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    atomic_write_json(os.path.join(out, "history.json"), hist)
+                        validation_data=val_ds, callbacks=_callbacks(model, config, out, monitor)
+                        + list(extra_callbacks), verbose=verbose)
+    atomic_write_json(os.path.join(out, "history.json"),
+                      _csv_history(os.path.join(out, "history.csv")))
     return history
+
+
+def _check_resume_state(out, loop):
+    """A run is resumed by the loop that started it (fit's backup/ and the custom loop's
+    checkpoints/ hold different state)."""
+    theirs = {"fit": ("checkpoints", "custom"), "custom": ("backup", "fit")}[loop]
+    if os.path.isdir(os.path.join(out, theirs[0])) and os.listdir(os.path.join(out, theirs[0])):
+        raise WorkdirError(
+            f"{out} holds an interrupted run of the {theirs[1]} loop ({theirs[0]}/); resume it "
+            f"with the same --strategy (or --loop={theirs[1]}), or use another --workdir")
+
+
+def _csv_history(path):
+    """{key: [value per epoch]} of every epoch in fit's history.csv (resumed runs append)."""
+    import csv
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
 def _check_same_run(cfg_path, record, config):
@@ -83,20 +121,28 @@ def _check_same_run(cfg_path, record, config):
         old = json.load(f)
     old["config"] = {**{k: v for k, v in type(config)().to_json().items()
                         if k not in old.get("config", {})}, **old.get("config", {})}
-    if old != json.loads(dumps(record)):
+    new = json.loads(dumps(record))
+    for rec in (old, new):  # fields that do not change results may change on resume
+        rec["config"].pop("steps_per_execution", None)
+    if old != new:
         raise WorkdirError(f"{os.path.dirname(cfg_path)} holds a training run with a different "
                            f"config or genotype; use another --workdir")
 
 
-def _datasets(config, data, style):
-    """(training batches, repeated; test batches or None; steps per epoch)."""
-    import numpy as np
-    import tensorflow as tf
+def _pipeline(config, data, style):
+    """(the input Pipeline, steps per epoch)."""
     from tfnas.data import Pipeline
     if style == "imagenet":  # the reference's fixed ImageNet normalisation
         data.mean, data.std = IMAGENET_STATS
     pipe = Pipeline(data, config.batch_size, config.seed, config.cutout and style == "cifar",
                     config.cutout_length, style=style)
+    return pipe, max(1, len(data.x_train) // config.batch_size)
+
+
+def _datasets(config, pipe, data):
+    """fit's (training batches, repeated; test batches or None)."""
+    import numpy as np
+    import tensorflow as tf
     n_cls = data.num_classes
 
     def targets(x, y):
@@ -107,7 +153,7 @@ def _datasets(config, data, style):
                           else 0.0, repeat=True).map(targets)
     val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets) if len(data.x_test) \
         else None
-    return train_ds, val_ds, max(1, len(data.x_train) // config.batch_size)
+    return train_ds, val_ds
 
 
 def _compile(model, config, steps):
@@ -125,15 +171,22 @@ def _compile(model, config, steps):
     if config.auxiliary:
         model.compile(opt, loss={"logits": loss, "aux_logits": loss},
                       loss_weights={"logits": 1.0, "aux_logits": config.auxiliary_weight},
-                      metrics={"logits": ["accuracy"]})
+                      metrics={"logits": ["accuracy"]},
+                      steps_per_execution=config.steps_per_execution)
     else:
-        model.compile(opt, loss=loss, metrics=["accuracy"])
+        model.compile(opt, loss=loss, metrics=["accuracy"],
+                      steps_per_execution=config.steps_per_execution)
 
 
-def _callbacks(model, config, out, has_validation):
+def _monitor(config, has_validation):
+    """The history key whose best value selects best.keras."""
+    if not has_validation:
+        return "loss"
+    return "val_logits_accuracy" if config.auxiliary else "val_accuracy"
+
+
+def _callbacks(model, config, out, monitor):
     from tfnas.models import set_drop_path
-    monitor = ("val_logits_accuracy" if config.auxiliary else "val_accuracy") \
-        if has_validation else "loss"
     return [
         FiniteGuard(),  # first: a non-finite loss stops fit before any callback saves
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(

@@ -26,7 +26,8 @@ from tfnas.search.graphs import LoopGraphs
 from tfnas.search.optim import DynamicLossScale, MomentumSGD, TorchAdam
 from tfnas.search.workdir import alphas_digest, prepare_workdir, write_env
 from tfnas.derive import magnitude_genotype
-from tfnas.distribute import broadcast_from_chief, num_workers
+from tfnas.distribute import (broadcast_from_chief, distribute_input, num_workers,
+                              sum_over_replicas)
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
@@ -139,13 +140,7 @@ class SearchLoop:
             grads = tape.gradient(loss, variables)
             # e.g. the reduce alpha of a net too shallow to have a reduction cell
             return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        per_replica = self.strategy.run(replica_fn, args=batch)
-        if self.replicas > 1:
-            # One batched all-reduce of the whole list (packed into as few collectives as the
-            # cross-device ops allow), not one reduction per variable.
-            per_replica = self.strategy.extended.batch_reduce_to(
-                tf.distribute.ReduceOp.SUM, [(g, g) for g in per_replica])
-        grads = [self.strategy.experimental_local_results(g)[0] for g in per_replica]
+        grads = sum_over_replicas(self.strategy, self.strategy.run(replica_fn, args=batch))
         return self.loss_scale.unscale(grads) if self.loss_scale else grads
 
     def apply_updates(self, grads, apply):
@@ -224,16 +219,8 @@ class SearchLoop:
         return self._distribute(train), self._distribute(valid)
 
     def _distribute(self, make):
-        """One machine: the global batches split across its replicas. Several workers: each
-        builds its own pipeline and decodes and augments only its slice of every global
-        batch (`distribute_datasets_from_function`), same batches as on one machine."""
-        if num_workers(self.strategy) == 1:
-            return self.strategy.experimental_distribute_dataset(make())
-
-        def per_worker(ctx):
-            return make(shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
-                        replica_batch=ctx.get_per_replica_batch_size(self.config.batch_size))
-        return self.strategy.distribute_datasets_from_function(per_worker)
+        """Per-worker sharded input (tfnas.distribute.distribute_input)."""
+        return distribute_input(self.strategy, make, self.config.batch_size)
 
     def reset_weight_optimizer(self):
         """Zeroes the weight optimizer's momentum (a fresh SGD), as the reference does before

@@ -1,0 +1,139 @@
+"""tfnas's own retraining loop (tfnas/retrain.py), the one `tfnas train` runs under
+MultiWorkerMirroredStrategy, checked on one device against Keras's model.fit."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfnas.config import TrainConfig
+from tfnas.errors import UsageError, WorkdirError
+from tfnas.genotype import Genotype
+from tfnas.train import choose_loop, run_train
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", channels=4, layers=3, epochs=2, batch_size=64,
+                cutout_length=4, seed=1, limit_examples=256, drop_path=0.2)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(wd):
+    return [w.numpy() for w in keras.models.load_model(
+        os.path.join(wd, "train", "model.keras")).weights]
+
+
+def _run(wd, loop, log=lambda s: None, **kw):
+    return run_train(_cfg(**kw), Genotype.load("darts_v2"), str(wd), verbose=0, log=log,
+                     loop=loop)
+
+
+@pytest.mark.parametrize("auxiliary", [False, True])
+def test_custom_loop_takes_fits_steps(tmp_path, auxiliary):
+    """One epoch (no drop path): the same batches, losses, metrics and weights as fit."""
+    runs = {loop: _run(tmp_path / loop, loop, epochs=1, drop_path=0.0, auxiliary=auxiliary)
+            for loop in ("fit", "custom")}
+    fit, custom = runs["fit"].history, runs["custom"].history
+    assert set(fit) == set(custom), (fit, custom)  # fit's history keys
+    for key in ("loss", "val_loss", "val_logits_accuracy" if auxiliary else "val_accuracy"):
+        assert custom[key] == pytest.approx(fit[key], abs=1e-6), key
+    for a, b in zip(_weights(tmp_path / "fit"), _weights(tmp_path / "custom")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    out = tmp_path / "custom" / "train"
+    assert sorted(os.listdir(out)) == ["best.keras", "checkpoints", "config.json",
+                                       "history.csv", "history.json", "model.keras", "tb"]
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 1 and float(rows[0]["loss"]) == custom["loss"][0]
+    assert json.load(open(out / "history.json")) == custom
+
+
+class _Kill(Exception):
+    pass
+
+
+def _kill_after(epoch):
+    def log(line):
+        if line.startswith(f"epoch {epoch}/"):  # printed after the epoch's checkpoint
+            raise _Kill
+    return log
+
+
+def test_custom_loop_resumes_exactly(tmp_path):
+    """Killed after epoch 2 of 3 and re-run: the weights and history of an uninterrupted run
+    (the checkpoint holds the optimizer state and the history; batch order and augmentation
+    are seeded by the epoch). Drop path is off: its masks come from TensorFlow's stateful
+    op RNG, which a new process restarts (the README says so)."""
+    whole = _run(tmp_path / "whole", "custom", epochs=3, drop_path=0.0).history
+    with pytest.raises(_Kill):
+        _run(tmp_path / "cut", "custom", log=_kill_after(2), epochs=3, drop_path=0.0)
+    assert len(json.load(open(tmp_path / "cut" / "train" / "history.json"))["loss"]) == 2
+    lines = []
+    resumed = _run(tmp_path / "cut", "custom", log=lines.append, epochs=3,
+                   drop_path=0.0).history
+    assert any(line.startswith("resuming") for line in lines), lines
+    assert not any(line.startswith("epoch 1/") for line in lines), lines
+    assert resumed == whole  # every epoch, bit for bit
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "cut")):
+        np.testing.assert_array_equal(a, b)
+    # a finished run re-run: nothing to do, the same history
+    assert _run(tmp_path / "cut", "custom", epochs=3, drop_path=0.0).history == whole
+
+
+def test_steps_per_execution_does_not_change_the_custom_loop(tmp_path):
+    one = _run(tmp_path / "one", "custom", epochs=1).history
+    three = _run(tmp_path / "three", "custom", epochs=1, steps_per_execution=3).history
+    assert one == three
+
+
+def test_a_run_is_resumed_by_the_loop_that_started_it(tmp_path):
+    with pytest.raises(_Kill):
+        _run(tmp_path / "run", "custom", log=_kill_after(1))
+    with pytest.raises(WorkdirError, match=r"interrupted run of the custom loop"):
+        _run(tmp_path / "run", "fit")
+    os.makedirs(tmp_path / "fit" / "train" / "backup" / "x")
+    with pytest.raises(WorkdirError, match=r"interrupted run of the fit loop"):
+        _run(tmp_path / "fit", "custom")
+
+
+def test_loop_choice(capsys):
+    assert choose_loop("auto", multi_worker=True) == "custom"
+    assert choose_loop("auto", multi_worker=False) == "fit"
+    assert choose_loop("custom", multi_worker=False) == "custom"
+    with pytest.raises(UsageError, match="--loop=fit cannot run under --strategy=multi_worker"):
+        choose_loop("fit", multi_worker=True)
+    with pytest.raises(UsageError, match="--loop='scan' is invalid"):
+        choose_loop("scan", multi_worker=False)
+    # the CLI refuses before it joins a cluster (no TF_CONFIG needed to be told)
+    from tfnas.cli import main
+    assert main(["train", "--genotype=darts_v2", "--workdir=unused", "--strategy=multi_worker",
+                 "--loop=fit"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tfnas: error: --loop=fit cannot run under"), err
+
+
+def test_custom_loop_stops_on_a_non_finite_loss_and_writes_nothing(tmp_path):
+    from tfnas.errors import TrainingError
+    with pytest.raises(TrainingError, match=r"training diverged: loss became (nan|inf) at "
+                                            r"epoch 1 step [1-3];"):
+        _run(tmp_path / "run", "custom", epochs=1, lr=1e30, grad_clip=0.0)
+    left = set(os.listdir(tmp_path / "run" / "train"))
+    assert left <= {"config.json", "tb"}, left  # no model, history or checkpoint
+
+
+def test_custom_loop_under_float16_scales_the_loss_and_checkpoints_the_scale(tmp_path):
+    """mixed_float16: tfnas's loss scale (the search's) on the summed gradients, its state
+    in the checkpoint; the run learns and the model keeps float32 variables."""
+    h = _run(tmp_path / "run", "custom", epochs=2, drop_path=0.0,
+             mixed_precision="mixed_float16").history
+    assert np.all(np.isfinite(h["loss"])) and h["loss"][1] < h["loss"][0], h
+    ckpt = sorted((tmp_path / "run" / "train" / "checkpoints").iterdir())[-1]
+    with np.load(ckpt) as f:
+        scale, good = float(f["loss_scale/00000"]), int(f["loss_scale/00001"])
+    # the first steps overflow float16 at 2**15 (measured: two skipped, scale 2**13); each
+    # skip halves the scale and restarts the count of finite updates (8 steps in all)
+    skipped = np.log2(2.0 ** 15 / scale)
+    assert skipped == int(skipped) and 1 <= skipped <= 4, scale
+    assert 1 <= good <= 8 - skipped, (scale, good)
