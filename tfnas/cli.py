@@ -9,12 +9,12 @@ parsed with absl's argparse_flags, so `--flagfile=configs/x.cfg` works after the
 import dataclasses
 import logging
 import os
-import re
 import sys
 
 from absl import flags as absl_flags
 from absl.flags import argparse_flags
 
+from tfnas.distribute import is_lost_peer, lost_peer_message  # noqa: F401 (API)
 from tfnas.errors import TfnasError, UsageError
 from tfnas.flagfiles import FLAG_LINE as _FLAG_LINE
 from tfnas.flagfiles import expand_flagfiles  # noqa: F401 (part of the CLI's API)
@@ -346,7 +346,7 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_RUNTIME
     except Exception as e:  # noqa: BLE001 (one line unless asked for the traceback)
-        if _is_lost_peer(e):
+        if is_lost_peer(e):
             print(f"tfnas: error: {lost_peer_message(e)}", file=sys.stderr)
             return EXIT_RUNTIME
         if type(e).__name__ == "ResourceExhaustedError":  # device (GPU) memory
@@ -360,34 +360,6 @@ def main(argv=None):
         print(f"tfnas: internal error: {type(e).__name__}: {first} (rerun with "
               f"TFNAS_TRACEBACK=1 for the traceback and report it)", file=sys.stderr)
         return EXIT_RUNTIME
-
-
-_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
-
-
-def _is_lost_peer(e):
-    """A collective that failed because another worker of the cluster went away."""
-    return bool(os.environ.get("TF_CONFIG")) and type(e).__name__ in _PEER_ERRORS + (
-        "InternalError", "UnknownError") and any(
-        w in str(e).lower() for w in ("worker", "task", "peer", "collective", "heartbeat",
-                                      "unavailable", "connect", "deadline"))
-
-
-def lost_peer_message(e):
-    """One line: which worker was lost and how to resume."""
-    found = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e))
-    me = ""
-    try:
-        import json
-        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
-        me = f"/job:{task.get('type')}/task:{task.get('index')}"
-    except (ValueError, KeyError, AttributeError):
-        pass
-    others = sorted({f"{j} {t}" for j, t in found if f"/job:{j}/task:{t}" != me})
-    who = f"lost contact with {', '.join(others)}" if others else "lost contact with a " \
-        "worker of the cluster"
-    return (f"{who} ({type(e).__name__}); every worker stops. Restart all workers with the "
-            f"same command and TF_CONFIG to resume from the last checkpoint")
 
 
 def _quiet_tensorflow_import():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 from tfnas.errors import UsageError
 
@@ -185,3 +186,30 @@ def broadcast_from_chief(strategy, is_chief, variables, state):
     for v, value, is_int in zip(variables, out[1:], integer):
         v.assign(_unpack(value, v, is_int))
     return json.loads(out[0].numpy()[:length].astype(np.uint8).tobytes().decode())
+
+
+_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
+
+
+def is_lost_peer(e):
+    """A collective that failed because another worker of the cluster went away."""
+    return bool(os.environ.get("TF_CONFIG")) and type(e).__name__ in _PEER_ERRORS + (
+        "InternalError", "UnknownError") and any(
+        w in str(e).lower() for w in ("worker", "task", "peer", "collective", "heartbeat",
+                                      "unavailable", "connect", "deadline"))
+
+
+def lost_peer_message(e):
+    """One line: which worker was lost and how to resume."""
+    found = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e))
+    me = ""
+    try:
+        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        me = f"/job:{task.get('type')}/task:{task.get('index')}"
+    except (ValueError, KeyError, AttributeError):
+        pass
+    others = sorted({f"{j} {t}" for j, t in found if f"/job:{j}/task:{t}" != me})
+    who = f"lost contact with {', '.join(others)}" if others else "lost contact with a " \
+        "worker of the cluster"
+    return (f"{who} ({type(e).__name__}); every worker stops. Restart all workers with the "
+            f"same command and TF_CONFIG to resume from the last checkpoint")
