@@ -83,9 +83,15 @@ def test_custom_loop_resumes_exactly(tmp_path):
 
 
 def test_steps_per_execution_does_not_change_the_custom_loop(tmp_path):
-    one = _run(tmp_path / "one", "custom", epochs=1).history
-    three = _run(tmp_path / "three", "custom", epochs=1, steps_per_execution=3).history
+    one = _run(tmp_path / "one", "custom", epochs=2, drop_path=0.0).history
+    three = _run(tmp_path / "three", "custom", epochs=2, drop_path=0.0,
+                 steps_per_execution=3).history
     assert one == three
+    # a run may resume with another N (it does not change results)
+    with pytest.raises(_Kill):
+        _run(tmp_path / "mixed", "custom", log=_kill_after(1), epochs=2, drop_path=0.0)
+    assert _run(tmp_path / "mixed", "custom", epochs=2, drop_path=0.0,
+                steps_per_execution=3).history == one
 
 
 def test_a_run_is_resumed_by_the_loop_that_started_it(tmp_path):
