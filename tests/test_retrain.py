@@ -97,10 +97,10 @@ def test_steps_per_execution_does_not_change_the_custom_loop(tmp_path):
 def test_a_run_is_resumed_by_the_loop_that_started_it(tmp_path):
     with pytest.raises(_Kill):
         _run(tmp_path / "run", "custom", log=_kill_after(1))
-    with pytest.raises(WorkdirError, match=r"interrupted run of the custom loop"):
+    with pytest.raises(WorkdirError, match=r"resume state of a run of the custom loop"):
         _run(tmp_path / "run", "fit")
     os.makedirs(tmp_path / "fit" / "train" / "backup" / "x")
-    with pytest.raises(WorkdirError, match=r"interrupted run of the fit loop"):
+    with pytest.raises(WorkdirError, match=r"resume state of a run of the fit loop"):
         _run(tmp_path / "fit", "custom")
 
 

@@ -100,8 +100,9 @@ def _check_resume_state(out, loop):
     theirs = {"fit": ("checkpoints", "custom"), "custom": ("backup", "fit")}[loop]
     if os.path.isdir(os.path.join(out, theirs[0])) and os.listdir(os.path.join(out, theirs[0])):
         raise WorkdirError(
-            f"{out} holds an interrupted run of the {theirs[1]} loop ({theirs[0]}/); resume it "
-            f"with the same --strategy (or --loop={theirs[1]}), or use another --workdir")
+            f"{out} holds the resume state of a run of the {theirs[1]} loop ({theirs[0]}/); "
+            f"resume it with the same --strategy (or --loop={theirs[1]}), or use another "
+            f"--workdir")
 
 
 def _csv_history(path):
@@ -109,7 +110,12 @@ def _csv_history(path):
     import csv
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+    def number(text):  # CSVLogger writes "NA" for a key an epoch lacks
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return None
+    return {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
 def _check_same_run(cfg_path, record, config):
