@@ -2,6 +2,11 @@ import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tfds splits are cached under $TFNAS_CACHE_DIR: tests (and the processes they start) write
+# their mock datasets into a folder of the session, never into the user's cache
+_CACHE = __import__("tempfile").mkdtemp(prefix="tfnas-test-cache-")
+os.environ["TFNAS_CACHE_DIR"] = _CACHE
+__import__("atexit").register(__import__("shutil").rmtree, _CACHE, True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,3 +1,5 @@
+import os
+import shutil
 import time
 
 import numpy as np
@@ -27,12 +29,90 @@ def test_pipeline_is_seeded_per_epoch():
     assert not np.array_equal(a[0], c[0])
 
 
-def test_tfds_path_with_mock_data():
+def _tfds_examples(name, split):
     import tensorflow_datasets as tfds
+    ds = tfds.builder(name).as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    x, y = zip(*tfds.as_numpy(ds))
+    return np.stack(x), np.asarray(y)
+
+
+def test_tfds_splits_stream_into_a_memory_mapped_cache(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    from tfnas.data import tfds_source
+    from tfnas.data.sources import MemmapImages
+    monkeypatch.setenv("TFNAS_CACHE_DIR", str(tmp_path / "cache"))
     with tfds.testing.mock_data(num_examples=20):
         d = load_dataset("cifar10")
-    assert d.x_train.shape == (20, 32, 32, 3) and d.num_classes <= 10
-    assert d.mean[0] == pytest.approx(0.4914)
+        x, y = _tfds_examples("cifar10", "train")
+    assert isinstance(d.x_train, MemmapImages) and isinstance(d.x_test, MemmapImages)
+    assert d.x_train.shape == (20, 32, 32, 3) and d.num_classes == 10
+    assert np.array_equal(np.asarray(d.x_train), x) and np.array_equal(d.y_train, y)
+    assert d.mean[0] == pytest.approx(0.4914)  # cifar10 keeps the paper's constants
+    folders = sorted(os.listdir(tmp_path / "cache" / "tfds" / "cifar10"))
+    assert [f.split("-")[0] for f in folders] == ["test", "train"]
+    # a second load reads the cache and streams nothing
+    monkeypatch.setattr(tfds_source, "_stream_into", lambda *a: pytest.fail("streamed again"))
+    with tfds.testing.mock_data(num_examples=20):
+        again = load_dataset("cifar10")
+    assert np.array_equal(np.asarray(again.x_train), x)
+    # other data (here: another size) gets its own cache, never the old one
+    monkeypatch.undo()
+    monkeypatch.setenv("TFNAS_CACHE_DIR", str(tmp_path / "cache"))
+    with tfds.testing.mock_data(num_examples=30):
+        assert load_dataset("cifar10").x_train.shape[0] == 30
+    assert len(os.listdir(tmp_path / "cache" / "tfds" / "cifar10")) == 4
+
+
+def test_tfds_any_dataset_by_name_with_its_own_statistics(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    monkeypatch.setenv("TFNAS_CACHE_DIR", str(tmp_path))
+    with tfds.testing.mock_data(num_examples=12):
+        d = load_dataset("tfds:mnist")
+        x, _ = _tfds_examples("mnist", "train")
+    assert d.input_shape == (28, 28, 1) and d.num_classes == 10 and d.crop_pad == 3
+    assert d.mean[0] == pytest.approx(float((x / 255.0).mean()), abs=1e-9)
+    assert d.std[0] == pytest.approx(float((x / 255.0).std()), abs=1e-6)
+    with pytest.raises(DataError, match="needs a tfds dataset name"):
+        load_dataset("tfds:")
+    with pytest.raises(DataError, match="tfds dataset 'no_such_set' cannot be opened"):
+        load_dataset("tfds:no_such_set")
+
+
+def test_tfds_cache_is_written_atomically(tmp_path, monkeypatch):
+    """A failure (or a kill) while streaming leaves no cache that a later run would trust;
+    temporary folders of dead processes are removed; an unwritable cache is one clear error."""
+    import socket
+    import tensorflow_datasets as tfds
+    from tfnas.data import tfds_source
+    monkeypatch.setenv("TFNAS_CACHE_DIR", str(tmp_path / "c"))
+    real = tfds_source._stream_into
+
+    def dies(folder, *a):
+        open(os.path.join(folder, "images.u8"), "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tfds_source, "_stream_into", dies)
+    with tfds.testing.mock_data(num_examples=10):
+        with pytest.raises(DataError, match=r"cannot write the dataset cache .*No space left"
+                                            r".*TFNAS_CACHE_DIR"):
+            load_dataset("cifar10")
+    assert os.listdir(tmp_path / "c" / "tfds" / "cifar10") == []
+    monkeypatch.setattr(tfds_source, "_stream_into", real)
+    with tfds.testing.mock_data(num_examples=10):
+        load_dataset("cifar10")
+    parent = tmp_path / "c" / "tfds" / "cifar10"
+    train = next(f for f in os.listdir(parent) if f.startswith("train"))
+    shutil.rmtree(parent / train)
+    stale = parent / f"{train}.tmp-{socket.gethostname()}-999999999"  # a dead writer's
+    stale.mkdir()
+    with tfds.testing.mock_data(num_examples=10):
+        assert load_dataset("cifar10").x_train.shape[0] == 10
+    assert sorted(os.listdir(parent))[1] == train and not stale.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("TFNAS_CACHE_DIR", str(blocker))
+    with tfds.testing.mock_data(num_examples=10):
+        with pytest.raises(DataError, match="cannot write the dataset cache"):
+            load_dataset("cifar10")
 
 
 def test_missing_tfds_dataset_fails_fast(tmp_path):
@@ -80,6 +160,8 @@ def _spec_for(kind, folder):
         np.savez(folder / "d.npz", x_train=rng.integers(0, 255, (12, 5, 5, 3), dtype=np.uint8),
                  y_train=np.arange(12) % 3)
         return f"npz:{folder / 'd.npz'}"
+    if kind == "tfds":
+        return "tfds:mnist"
     if kind == "folder":
         from PIL import Image
         for i in range(6):

@@ -28,8 +28,9 @@ def _check_choices_and_dataset(cfg):
         if choices:
             _need(cfg, getattr(cfg, f.name) in choices, f.name, "one of " + ", ".join(choices))
     from tfnas.data import DATASETS, dataset_kind
+    tails = {"folder": ":PATH", "npz": ":PATH", "tfds": ":NAME"}
     _need(cfg, dataset_kind(cfg.dataset) in DATASETS, "dataset", "one of " + ", ".join(
-        n + (":PATH" if n in ("folder", "npz") else "") for n in DATASETS.names()))
+        n + tails.get(n, "") for n in DATASETS.names()))
 
 
 @dataclasses.dataclass

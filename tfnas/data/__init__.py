@@ -7,7 +7,6 @@ Pipelines are built per epoch from a seed, so an interrupted search resumes on e
 same batches.
 """
 
-import contextlib
 import os
 
 import numpy as np
@@ -76,56 +75,21 @@ def load_digits(spec, data_dir="", download=False, **_):
 
 def _tfds(name, stats, flip):
     def load(spec, data_dir="", download=False, **_):
-        import importlib
-        import importlib.resources
-        import sys
-        # tfds 4.9 imports the importlib_resources backport (declared only for Python < 3.9).
-        try:
-            importlib.import_module("importlib_resources")
-        except ImportError:
-            sys.modules.setdefault("importlib_resources", importlib.resources)
-        import tensorflow_datasets as tfds
-        with _private_tempdir():
-            return _load_tfds(tfds, name, stats, flip, data_dir, download)
+        from tfnas.data.tfds_source import load_tfds
+        return load_tfds(name, data_dir, download, stats=stats, flip=flip)
     return load
 
 
-@contextlib.contextmanager
-def _private_tempdir():
-    """tfds (4.9) leaves a `tmp*tfds` folder in the system temp dir on every load
-    (DatasetInfo.initialize_from_bucket): point tempfile at a folder of ours, removed after."""
-    import shutil
-    import tempfile
-    own = tempfile.mkdtemp(prefix="tfnas-tfds-")
-    saved, tempfile.tempdir = tempfile.tempdir, own
-    try:
-        yield own
-    finally:
-        tempfile.tempdir = saved
-        shutil.rmtree(own, ignore_errors=True)
-
-
-def _load_tfds(tfds, name, stats, flip, data_dir, download):
-    try:
-        splits, info = tfds.load(name, split=["train", "test"], data_dir=data_dir or None,
-                                 download=download, as_supervised=True, with_info=True)
-    except Exception as e:  # tfds raises AssertionError/DatasetNotFoundError when absent
-        where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
-        raise DataError(
-            f"dataset {name!r} not found in {where} ({type(e).__name__}). Prepare it "
-            f"with `tfds build {name} --data_dir=DIR` on a machine with internet and pass "
-            f"--data_dir=DIR, or pass --download") from e
-    # Iterated example by example: batch_size=-1 aborts the process under
-    # tfds.testing.mock_data (std::length_error in the generator dataset).
-    (xtr, ytr), (xte, yte) = [
-        tuple(np.stack(a) for a in zip(*tfds.as_numpy(split))) for split in splits]
-    try:
-        declared = int(info.features["label"].num_classes)
-    except (KeyError, AttributeError, TypeError):
-        declared = None
-    return ArrayData(name, _as_images(xtr, name), _labels(ytr, name), _as_images(xte, name),
-                     _labels(yte, name), declared or _num_classes(ytr, yte, name), *stats,
-                     crop_pad=4, flip=flip)
+@DATASETS.register("tfds")
+def load_any_tfds(spec, data_dir="", download=False, **_):
+    """`tfds:NAME`: any tfds image-classification dataset with fixed-size uint8 images
+    (normalised with its training split's own statistics)."""
+    from tfnas.data.tfds_source import load_tfds
+    name = spec.split(":", 1)[1] if ":" in spec else ""
+    if not name:
+        raise DataError("dataset 'tfds:NAME' needs a tfds dataset name, e.g. "
+                        "tfds:imagenet_resized/32x32")
+    return load_tfds(name, data_dir, download)
 
 
 DATASETS.register("cifar10", _tfds("cifar10", CIFAR10_STATS, True))
