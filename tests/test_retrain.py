@@ -33,8 +33,8 @@ def _run(wd, loop, log=lambda s: None, **kw):
 
 @pytest.mark.parametrize("auxiliary", [False, True])
 def test_custom_loop_takes_fits_steps(tmp_path, auxiliary):
-    """One epoch (no drop path): the same batches, losses, metrics and weights as fit."""
-    runs = {loop: _run(tmp_path / loop, loop, epochs=1, drop_path=0.0, auxiliary=auxiliary)
+    """Two epochs: the same batches, drop-path masks, losses, metrics and weights as fit."""
+    runs = {loop: _run(tmp_path / loop, loop, epochs=2, auxiliary=auxiliary)
             for loop in ("fit", "custom")}
     fit, custom = runs["fit"].history, runs["custom"].history
     assert set(fit) == set(custom), (fit, custom)  # fit's history keys
@@ -46,12 +46,43 @@ def test_custom_loop_takes_fits_steps(tmp_path, auxiliary):
     assert sorted(os.listdir(out)) == ["best.keras", "checkpoints", "config.json",
                                        "history.csv", "history.json", "model.keras", "tb"]
     rows = list(csv.DictReader(open(out / "history.csv")))
-    assert len(rows) == 1 and float(rows[0]["loss"]) == custom["loss"][0]
+    assert len(rows) == 2 and float(rows[1]["loss"]) == custom["loss"][1]
     assert json.load(open(out / "history.json")) == custom
 
 
 class _Kill(Exception):
     pass
+
+
+class _KillAtEnd(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise _Kill
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.2])
+def test_fit_resumes_exactly_with_drop_path(tmp_path, drop):
+    """fit killed after epoch 2 of 3 (its state committed) and re-run: the uninterrupted
+    history and weights (each epoch's batches and drop-path masks are seeded); a finished
+    run re-run trains nothing and keeps its history."""
+    whole = _run(tmp_path / "whole", "fit", epochs=3, drop_path=drop).history
+    with pytest.raises(_Kill):
+        run_train(_cfg(epochs=3, drop_path=drop), Genotype.load("darts_v2"), str(tmp_path / "cut"), verbose=0,
+                  log=lambda s: None, loop="fit", extra_callbacks=[_KillAtEnd(2)])
+    lines = []
+    _run(tmp_path / "cut", "fit", log=lines.append, epochs=3, drop_path=drop)
+    assert "resuming after epoch 2 (train/backup/)" in lines
+    assert json.load(open(tmp_path / "cut" / "train" / "history.json")) == whole
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "cut")):
+        np.testing.assert_array_equal(a, b)
+    assert os.listdir(tmp_path / "cut" / "train" / "backup") == ["epoch-00003"]
+    again = _run(tmp_path / "cut", "fit", epochs=3, drop_path=drop)
+    assert again.history == {} or all(not v for v in again.history.values())
+    assert json.load(open(tmp_path / "cut" / "train" / "history.json")) == whole
 
 
 def _kill_after(epoch):
@@ -64,34 +95,32 @@ def _kill_after(epoch):
 def test_custom_loop_resumes_exactly(tmp_path):
     """Killed after epoch 2 of 3 and re-run: the weights and history of an uninterrupted run
     (the checkpoint holds the optimizer state and the history; batch order and augmentation
-    are seeded by the epoch). Drop path is off: its masks come from TensorFlow's stateful
-    op RNG, which a new process restarts (the README says so)."""
-    whole = _run(tmp_path / "whole", "custom", epochs=3, drop_path=0.0).history
+    are seeded by the epoch, drop-path masks by the update count, restored with the
+    optimizer)."""
+    whole = _run(tmp_path / "whole", "custom", epochs=3).history
+    assert whole != _run(tmp_path / "no_drop", "custom", epochs=3, drop_path=0.0).history
     with pytest.raises(_Kill):
-        _run(tmp_path / "cut", "custom", log=_kill_after(2), epochs=3, drop_path=0.0)
+        _run(tmp_path / "cut", "custom", log=_kill_after(2), epochs=3)
     assert len(json.load(open(tmp_path / "cut" / "train" / "history.json"))["loss"]) == 2
     lines = []
-    resumed = _run(tmp_path / "cut", "custom", log=lines.append, epochs=3,
-                   drop_path=0.0).history
+    resumed = _run(tmp_path / "cut", "custom", log=lines.append, epochs=3).history
     assert any(line.startswith("resuming") for line in lines), lines
     assert not any(line.startswith("epoch 1/") for line in lines), lines
     assert resumed == whole  # every epoch, bit for bit
     for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "cut")):
         np.testing.assert_array_equal(a, b)
     # a finished run re-run: nothing to do, the same history
-    assert _run(tmp_path / "cut", "custom", epochs=3, drop_path=0.0).history == whole
+    assert _run(tmp_path / "cut", "custom", epochs=3).history == whole
 
 
 def test_steps_per_execution_does_not_change_the_custom_loop(tmp_path):
-    one = _run(tmp_path / "one", "custom", epochs=2, drop_path=0.0).history
-    three = _run(tmp_path / "three", "custom", epochs=2, drop_path=0.0,
-                 steps_per_execution=3).history
+    one = _run(tmp_path / "one", "custom", epochs=2).history
+    three = _run(tmp_path / "three", "custom", epochs=2, steps_per_execution=3).history
     assert one == three
     # a run may resume with another N (it does not change results)
     with pytest.raises(_Kill):
-        _run(tmp_path / "mixed", "custom", log=_kill_after(1), epochs=2, drop_path=0.0)
-    assert _run(tmp_path / "mixed", "custom", epochs=2, drop_path=0.0,
-                steps_per_execution=3).history == one
+        _run(tmp_path / "mixed", "custom", log=_kill_after(1), epochs=2)
+    assert _run(tmp_path / "mixed", "custom", epochs=2, steps_per_execution=3).history == one
 
 
 def test_a_run_is_resumed_by_the_loop_that_started_it(tmp_path):
@@ -143,3 +172,37 @@ def test_custom_loop_under_float16_scales_the_loss_and_checkpoints_the_scale(tmp
     skipped = np.log2(2.0 ** 15 / scale)
     assert skipped == int(skipped) and 1 <= skipped <= 4, scale
     assert 1 <= good <= 8 - skipped, (scale, good)
+
+
+def test_fit_state_is_committed_atomically(tmp_path):
+    """A killed save leaves a temporary folder (removed at the next start) and the previous
+    epoch's state; history rows of epochs after the committed one (and a torn row) are cut;
+    an unreadable state is one error naming the folder."""
+    from tfnas import fit_state
+    from tfnas.errors import CheckpointError
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    folder = tmp_path / "backup"
+    backup = fit_state.FitBackup(str(folder))
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    saved = [w.numpy() for w in model.weights] + [v.numpy() for v in model.optimizer.variables]
+    backup.on_epoch_end(1)
+    assert os.listdir(folder) == ["epoch-00002"]
+    (folder / "epoch-00003.tmp-4242").mkdir()  # a save killed half way
+    (folder / "epoch-00003.tmp-4242" / "state.weights.h5").write_bytes(b"torn")
+    hist = tmp_path / "history.csv"
+    hist.write_text("epoch,loss\r\n0,1.5\r\n1,1.25\r\n2,1.0\r\n3,0.")
+    for v in model.weights + model.optimizer.variables:
+        v.assign(v * 0 + 7)
+    assert fit_state.restore(model, str(folder), str(hist)) == 2
+    now = [w.numpy() for w in model.weights] + [v.numpy() for v in model.optimizer.variables]
+    assert len(now) == len(saved) and all(np.array_equal(a, b) for a, b in zip(now, saved))
+    assert os.listdir(folder) == ["epoch-00002"]
+    assert hist.read_bytes() == b"epoch,loss\r\n0,1.5\r\n1,1.25\r\n"
+    assert fit_state.restore(model, str(tmp_path / "none"), str(hist)) == 0
+    (folder / "epoch-00002" / fit_state.WEIGHTS).write_bytes(b"not hdf5")
+    with pytest.raises(CheckpointError, match=r"resume state .*epoch-00002 cannot be read"
+                                              r".*remove .*backup to train from the start"):
+        fit_state.restore(model, str(folder), str(hist))

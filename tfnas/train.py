@@ -40,14 +40,14 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     """Trains the discrete network of `genotype`; resumes an interrupted run in `workdir`.
 
     Writes WORKDIR/train/: config.json, model.keras (last), best.keras (best test accuracy),
-    history.csv, history.json, tb/, and the resume state while running: backup/ (fit's
-    BackupAndRestore) or checkpoints/ (the custom loop, kept). Only the chief writes.
+    history.csv, history.json, tb/, and the resume state, kept when the run ends: backup/
+    (fit's, `tfnas.fit_state`) or checkpoints/ (the custom loop's). Only the chief writes.
     Returns a Keras History (the custom loop's holds every epoch, resumed ones included).
     """
     import tensorflow as tf
     from tfnas.data import load_dataset
     from tfnas.grappler import apply_settings
-    from tfnas.models import build_model
+    from tfnas.models import build_model, seed_drop_path
 
     apply_settings()
     config.validate()
@@ -74,6 +74,8 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
                             config.layers, auxiliary=config.auxiliary,
                             drop_path=config.drop_path, form=config.form)
         _compile(model, config, steps)
+        opt = model.optimizer
+        seed_drop_path(model, getattr(opt, "inner_optimizer", opt).iterations, config.seed)
     log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
         f"parameters, {steps} steps per epoch, {config.epochs} epochs"
         + (" (tfnas's loop)" if loop == "custom" else ""))
@@ -85,9 +87,15 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
         history.history = RetrainLoop(model, config, pipe, len(data.x_train), test, steps,
                                       strategy, out, monitor, is_chief, log).run()
         return history
-    train_ds, val_ds = _datasets(config, pipe, data)
+    from tfnas import fit_state
+    start = fit_state.restore(model, os.path.join(out, "backup"),
+                              os.path.join(out, "history.csv"))
+    if start:
+        log(f"resuming after epoch {start} (train/backup/)")
+    train_ds, val_ds = _datasets(config, pipe, data, start)
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                        validation_data=val_ds, callbacks=_callbacks(model, config, out, monitor)
+                        initial_epoch=start, validation_data=val_ds, shuffle=False,
+                        callbacks=_callbacks(model, config, out, monitor)
                         + list(extra_callbacks), verbose=verbose)
     atomic_write_json(os.path.join(out, "history.json"),
                       _csv_history(os.path.join(out, "history.csv")))
@@ -145,8 +153,9 @@ def _pipeline(config, data, style):
     return pipe, max(1, len(data.x_train) // config.batch_size)
 
 
-def _datasets(config, pipe, data):
-    """fit's (training batches, repeated; test batches or None)."""
+def _datasets(config, pipe, data, start):
+    """fit's (training batches of epochs start.., each epoch seeded by its number as in the
+    custom loop; test batches or None)."""
     import numpy as np
     import tensorflow as tf
     n_cls = data.num_classes
@@ -155,8 +164,8 @@ def _datasets(config, pipe, data):
         y1 = tf.one_hot(y, n_cls)
         return x, ({"logits": y1, "aux_logits": y1} if config.auxiliary else y1)
 
-    train_ds = pipe.train(np.arange(len(data.x_train)), 0, cutout_prob=1.0 if config.cutout
-                          else 0.0, repeat=True).map(targets)
+    train_ds = pipe.epochs(np.arange(len(data.x_train)), start, config.epochs,
+                           cutout_prob=1.0 if config.cutout else 0.0).map(targets)
     val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets) if len(data.x_test) \
         else None
     return train_ds, val_ds
@@ -192,17 +201,18 @@ def _monitor(config, has_validation):
 
 
 def _callbacks(model, config, out, monitor):
+    from tfnas.fit_state import FitBackup
     from tfnas.models import set_drop_path
     return [
         FiniteGuard(),  # first: a non-finite loss stops fit before any callback saves
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
         AtomicModelSave(os.path.join(out, "model.keras")),
         AtomicModelSave(os.path.join(out, "best.keras"), monitor=monitor,
                         history=os.path.join(out, "history.csv")),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
+        FitBackup(os.path.join(out, "backup")),  # last: commits what the others wrote
     ]
 
 

@@ -99,10 +99,13 @@ class Pipeline:
         """
         x, y = self.data.x_train[indices], self.data.y_train[indices]
         keys, decode = keys_and_decode(x)  # images, or file paths / rows read after shuffling
-        seed = np.array([self.seed, epoch], np.int64)
         ds = tf.data.Dataset.from_tensor_slices((keys, y))
-        ds = ds.shuffle(len(keys), seed=int(self.seed * 100003 + epoch),
-                        reshuffle_each_iteration=True)
+        if isinstance(epoch, tf.Tensor):  # Pipeline.epochs: the same seeds as a Python int
+            epoch = tf.cast(epoch, tf.int64)
+            shuffle_seed = tf.constant(self.seed * 100003, tf.int64) + epoch
+        else:
+            shuffle_seed = int(self.seed * 100003 + epoch)
+        ds = ds.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate()
@@ -111,7 +114,8 @@ class Pipeline:
         def aug(i, xy):
             img, label = xy
             img = decode(img)
-            s = tf.stack([tf.constant(seed[0]) * 7919 + tf.constant(seed[1]), i]) * 3
+            s = tf.stack([tf.constant(self.seed, tf.int64) * 7919
+                          + tf.cast(epoch, tf.int64), i]) * 3
             img = self._augment(s, img, prob) if augment else self.normalize(img)
             return img, label
 
@@ -120,6 +124,12 @@ class Pipeline:
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(replica_batch or self.batch_size,
                         drop_remainder=drop_remainder).prefetch(2)
+
+    def epochs(self, indices, first, last, **kw):
+        """The batches of epochs first..last-1 in one dataset, each exactly `train(indices,
+        epoch, **kw)` (what `model.fit` iterates; a resumed fit starts at its epoch)."""
+        return tf.data.Dataset.range(first, last).flat_map(
+            lambda epoch: self.train(indices, epoch, **kw))
 
     def _shard(self, ds, worker, workers):
         """Every global batch of (position, (key, label)), cut to this worker's slice."""

@@ -13,7 +13,7 @@ import keras
 
 from tfnas.errors import GenotypeError, UsageError
 from tfnas.genotype import Genotype
-from tfnas.models.layers import AuxiliaryHead, DiscreteCell, ImageNetStem, NB201Cell
+from tfnas.models.layers import AuxiliaryHead, DiscreteCell, ImageNetStem, MaskSeed, NB201Cell
 from tfnas.ops import BatchNorm
 from tfnas.supernet.networks import ResidualReduction, StemConv
 
@@ -110,5 +110,14 @@ def set_drop_path(model, fraction):
             layer.drop_rate.assign(layer.drop_path * float(fraction))
 
 
-__all__ = ["build_model", "set_drop_path", "FORMS", "DiscreteCell", "NB201Cell",
+def seed_drop_path(model, step, seed):
+    """Draws every cell's drop-path masks from (seed, cell, edge, `step`, replica), `step`
+    being a variable that counts updates and is checkpointed (the optimizer's iterations):
+    a resumed training draws the masks of the uninterrupted one."""
+    cells = [layer for layer in model.layers if isinstance(layer, DiscreteCell)]
+    for k, cell in enumerate(cells):
+        cell.mask_seed = MaskSeed(seed, k, step)
+
+
+__all__ = ["build_model", "set_drop_path", "seed_drop_path", "FORMS", "DiscreteCell", "NB201Cell",
            "AuxiliaryHead", "ImageNetStem"]

@@ -48,23 +48,27 @@ class DiscreteCell(keras.layers.Layer):
         for op in self.ops:
             op.build(pre_shape)
 
-    def _drop(self, y, training):
+    mask_seed = None  # a MaskSeed (tfnas.models.seed_drop_path), else TF's stateful RNG
+
+    def _drop(self, y, training, index):
         if not training or not self.drop_path:
             return y
         keep = 1.0 - self.drop_rate
-        mask = tf.floor(keep + tf.random.uniform([tf.shape(y)[0], 1, 1, 1], dtype=y.dtype))
-        return y / keep * mask
+        shape = [tf.shape(y)[0], 1, 1, 1]
+        u = (tf.random.uniform(shape, dtype=y.dtype) if self.mask_seed is None
+             else self.mask_seed.uniform(shape, index, y.dtype))
+        return y / keep * tf.floor(keep + u)
 
     def call(self, inputs, training=False):
         s0, s1 = inputs
         states = {0: self.pre0(s0, training=training), 1: self.pre1(s1, training=training)}
         for node in self.nodes:
             terms = []
-            for (n, j, name), op in zip(self.edges, self.ops):
+            for index, ((n, j, name), op) in enumerate(zip(self.edges, self.ops)):
                 if n == node:
                     y = op(states[j], training=training)
                     terms.append(y if name == "skip_connect" and op.stride == 1
-                                 else self._drop(y, training))
+                                 else self._drop(y, training, index))
             states[node] = tf.add_n(terms)
         return tf.concat([states[n] for n in self.concat], axis=-1)
 
@@ -80,6 +84,24 @@ class DiscreteCell(keras.layers.Layer):
                 "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "affine": self.affine,
                 "pool_bn": self.pool_bn, "drop_path": self.drop_path}
+
+
+class MaskSeed:
+    """Drop-path masks of one cell from a stateless RNG keyed by (seed, cell, edge, update,
+    replica): the update counter is a variable restored with the checkpoint (the optimizer's
+    iterations), so a resumed run draws exactly the masks of an uninterrupted one, whatever
+    the process. Not a variable of the cell: the `.keras` format is unchanged."""
+
+    def __init__(self, seed, cell, step):
+        self.key, self.step = (int(seed) % (1 << 31)) * 4096 + int(cell) * 64, step
+
+    def uniform(self, shape, edge, dtype):
+        ctx = tf.distribute.get_replica_context()
+        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
+        step = tf.cast(tf.convert_to_tensor(self.step), tf.int64)
+        seed = tf.stack([tf.constant(self.key + edge, tf.int64),
+                         step * 4096 + tf.cast(replica, tf.int64)])
+        return tf.random.stateless_uniform(shape, seed=seed, dtype=dtype)
 
 
 @serializable
