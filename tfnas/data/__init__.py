@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from tfnas.errors import DataError
-from tfnas.data.base import DATASETS, ArrayData
+from tfnas.data.base import DATASETS, ArrayData, num_classes_of
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -124,7 +124,7 @@ def load_npz(spec, data_dir="", download=False, **_):
             raise DataError(f"npz dataset {path}: num_classes must be one integer")
         num_classes = int(declared[0])
     else:
-        num_classes = _num_classes(ytr, yte, path)
+        num_classes = num_classes_of(ytr, yte, path)
     return ArrayData(os.path.basename(path), xtr, ytr, xte, yte, num_classes, *_stats(xtr),
                      crop_pad=max(1, h // 8), flip=True)
 
@@ -141,18 +141,6 @@ def _npz_images(path, f, name):
             mm.ndim == 4 and mm.shape[-1] in (1, 3):
         return MemmapImages(np.arange(len(mm)), mm.shape[1:], array=mm)
     return _as_images(f[name], path)
-
-
-def _num_classes(y_train, y_test, where):
-    """Classes of a dataset that does not declare them: the labels must be 0..K-1 with every
-    class in the training set (a stray huge label would otherwise size the classifier)."""
-    k = len(np.unique(y_train))
-    top = int(max(y_train.max(), y_test.max() if len(y_test) else 0))
-    if top != k - 1:
-        raise DataError(f"{where}: labels are not 0..K-1 (the training set has {k} distinct "
-                        f"labels, the largest label is {top}); relabel them, or declare the "
-                        f"classes (npz: a num_classes array)")
-    return k
 
 
 def validate_data(data, spec):

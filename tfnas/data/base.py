@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 
+from tfnas.errors import DataError
 from tfnas.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -36,3 +37,15 @@ class ArrayData:
     @property
     def input_shape(self):
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+def num_classes_of(y_train, y_test, where):
+    """Classes of a dataset that does not declare them: the labels must be 0..K-1 with every
+    class in the training set (a stray huge label would otherwise size the classifier)."""
+    k = len(np.unique(y_train))
+    top = int(max(y_train.max(), y_test.max() if len(y_test) else 0))
+    if top != k - 1:
+        raise DataError(f"{where}: labels are not 0..K-1 (the training set has {k} distinct "
+                        f"labels, the largest label is {top}); relabel them, or declare the "
+                        f"classes (npz: a num_classes array)")
+    return k

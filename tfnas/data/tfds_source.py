@@ -247,8 +247,8 @@ def load_tfds(name, data_dir="", download=False, stats=None, flip=True, log=_say
         except (KeyError, AttributeError, TypeError):
             declared = None
     if declared is None:
-        from tfnas.data import _num_classes
-        declared = _num_classes(ytr, yte, name)
+        from tfnas.data.base import num_classes_of
+        declared = num_classes_of(ytr, yte, name)
     mean, std = stats or (tuple(meta["mean"]), tuple(meta["std"]))
     h = xtr.shape[1]
     return ArrayData(name, xtr, ytr, xte, yte, declared, mean, std,
