@@ -87,6 +87,11 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
         history.history = RetrainLoop(model, config, pipe, len(data.x_train), test, steps,
                                       strategy, out, monitor, is_chief, log).run()
         return history
+    return _fit(model, config, pipe, data, steps, out, monitor, log, verbose, extra_callbacks)
+
+
+def _fit(model, config, pipe, data, steps, out, monitor, log, verbose, extra_callbacks):
+    """`model.fit` from the committed state of an interrupted run, if any."""
     from tfnas import fit_state
     start = fit_state.restore(model, os.path.join(out, "backup"),
                               os.path.join(out, "history.csv"))
