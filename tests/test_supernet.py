@@ -139,3 +139,78 @@ def test_json_space_file(tiny_space_file):
     assert tuple(net.alphas[0].shape) == (5, 2)
     assert isinstance(Genotype.from_json(magnitude_genotype(space, net.softmax_numpy())
                                          .to_json()), Genotype)
+
+
+def _grads_and_stats(model, x, y, leaving_out=frozenset()):
+    """(gradients of the loss w.r.t. every trainable variable, BN statistics after the
+    pass, ops in the traced graph); the statistics are restored after."""
+    snap = [v.numpy() for v in model.non_trainable_variables]
+
+    def step():
+        with model.leaving_out(leaving_out):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return tape.gradient(loss, model.trainable_variables)
+    fn = tf.function(step)
+    ops = len(fn.get_concrete_function().graph.get_operations())
+    grads = [None if g is None else g.numpy() for g in fn()]  # None: a left-out op
+    stats = [v.numpy() for v in model.non_trainable_variables]
+    for v, s in zip(model.non_trainable_variables, snap):
+        v.assign(s)
+    return grads, stats, ops
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_edges_of_one_kind_share_one_trace(space):
+    """A traced pass holds one function per kind of edge; gradients and BN statistics equal
+    those of per-edge traces up to float rounding (the sums may be ordered differently),
+    decided edges (pruned graphs) included."""
+    model = build_supernet(get_space(space), 4, 4 if space == "darts" else 1, 10, (8, 8, 3))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(6, 8, 8, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, 6))
+    ctype = model.space.cell_types[0]
+    model.arch(ctype).fix_edge(1, 2)
+    pruned = model.zero_ops()
+    for leave in (frozenset(), pruned):
+        model.share_edge_traces(False)
+        g0, s0, ops0 = _grads_and_stats(model, x, y, leave)
+        model.share_edge_traces(True)
+        g1, s1, ops1 = _grads_and_stats(model, x, y, leave)
+        pool = next(m.pool for c, _, _ in model.search_cells() for m in c.edges)
+        # darts (4 cells at 8x8): C4 s1 8x8, C8 s2 8x8, C8 s1 4x4, C16 s2 4x4, C16 s1 2x2,
+        # + edge 1 decided in cells 0 and 3; nb201 (3 cells): one per stage, + edge 1 in each
+        assert len(pool.entries) == {("darts", False): 5, ("darts", True): 7,
+                                     ("nb201", False): 3, ("nb201", True): 6}[
+            space, bool(leave)], list(pool.entries)
+        assert ops1 < ops0 / 2, (ops1, ops0)
+        assert [g is None for g in g0] == [g is None for g in g1]
+        assert leave or all(g is not None for g in g0)
+        for a, b in zip(g0, g1):  # rounding: relative to the gradient's scale
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+        for a, b in zip(s0, s1):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # the ops' BN statistics were updated through the shared functions' outputs
+        before = [v.numpy() for v in model.non_trainable_variables]
+        assert sum(not np.array_equal(a, b) for a, b in zip(before, s1)) > len(s1) // 3
+
+
+def test_a_search_with_shared_edge_traces_differs_only_by_rounding(tmp_path, monkeypatch):
+    """The same tiny search with per-edge traces (TFNAS_SHARED_EDGE_TRACES=0): losses and
+    alphas within float rounding amplified by training."""
+    import json
+    from helpers import tiny_config
+    from tfnas.search import run_search
+    runs = {}
+    for shared in ("1", "0"):
+        monkeypatch.setenv("TFNAS_SHARED_EDGE_TRACES", shared)
+        folder = str(tmp_path / shared)
+        run_search(tiny_config(folder, epochs=1, steps_per_epoch=6, batch_size=32),
+                   folder + "/run", log=lambda s: None)
+        runs[shared] = ([json.loads(r)["train_loss"] for r in open(folder + "/run/metrics.jsonl")],
+                        json.loads(open(folder + "/run/alphas.jsonl").read().splitlines()[-1]))
+    np.testing.assert_allclose(runs["1"][0], runs["0"][0], rtol=1e-4)
+    for t, soft in runs["1"][1]["softmax"].items():
+        np.testing.assert_allclose(soft, runs["0"][1]["softmax"][t], atol=1e-4)

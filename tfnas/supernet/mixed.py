@@ -138,12 +138,27 @@ class MixedOp(keras.layers.Layer):
         for op in self.ops:
             op.build(input_shape)
 
+    pool = None  # a TracePool shared by the edges of a supernet, else traced per edge
+
     def call(self, x, weights, training=False):
+        if self.pool is not None and not tf.executing_eagerly():
+            return self.pool.call(self, x, weights, training)
+        return self.plain_call(x, weights, training, self.live_ops)
+
+    def trace_key(self, x, training):
+        """What the traced computation depends on besides the variables' values."""
+        live = None if self.live_ops is None else tuple(self.live_ops)
+        return (type(self), tuple(self.op_names), self.channels, self.stride, self.affine,
+                self.pool_bn, self.skip_zero, live, bool(training), x.dtype,
+                tuple(x.shape[1:]))
+
+    def plain_call(self, x, weights, training, live_ops):
+        """The edge's output; `live_ops`: the op indices computed (None: all)."""
         n, h, w_, _ = x.shape
         s = self.stride
         out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
         zeros = lambda: tf.zeros(out_shape, x.dtype)  # noqa: E731
-        live = range(len(self.ops)) if self.live_ops is None else self.live_ops
+        live = range(len(self.ops)) if live_ops is None else live_ops
         total = None
         # mixing weights come in float32 (softmax of float32 alphas); ops compute in the
         # layer's dtype (bfloat16/float16 under a mixed policy)
@@ -169,3 +184,41 @@ class MixedOp(keras.layers.Layer):
 # `layer(x, weights, training)`; e.g. a partial-channel edge (docs/EXTENDING.md).
 MIXED_OPS = Registry("mixed op")
 MIXED_OPS.register("standard", MixedOp)
+
+
+class TracePool:
+    """One traced function per kind of edge (`MixedOp.trace_key`: ops, channels, stride,
+    input shape and dtype, live ops, training): every edge of a kind calls it with its own
+    variables' values (Keras's stateless scope), so a traced supernet pass holds each kind's
+    forward and backward once instead of once per edge. BN statistics the ops update come
+    back as outputs and are assigned to the calling edge's variables. TensorFlow inlines the
+    calls before optimising, so the executed graph is the per-edge one (the same ops; sums
+    may round in another order)."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def call(self, layer, x, weights, training):
+        key = layer.trace_key(x, training)
+        if key not in self.entries:
+            self.entries[key] = self._make(layer, key[7], training)
+        fn, changed = self.entries[key]
+        y, updates = fn([v.value for v in layer.trainable_variables],
+                        [v.value for v in layer.non_trainable_variables], x, weights)
+        for i, value in zip(changed, updates):
+            layer.non_trainable_variables[i].assign(value)
+        return y
+
+    @staticmethod
+    def _make(template, live_ops, training):
+        changed = []  # indices of the non-trainable variables the ops assign (BN statistics)
+
+        def edge(trainable, non_trainable, x, weights):
+            mapping = list(zip(template.trainable_variables, trainable)) + list(
+                zip(template.non_trainable_variables, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                y = template.plain_call(x, weights, training, live_ops)
+            new = [scope.get_current_value(v) for v in template.non_trainable_variables]
+            changed[:] = [i for i, (a, b) in enumerate(zip(new, non_trainable)) if a is not b]
+            return y, [new[i] for i in changed]
+        return tf.function(edge), changed

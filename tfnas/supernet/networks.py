@@ -1,6 +1,7 @@
 """The two supernet families: DARTS-style (normal/reduce cells) and NB201-style."""
 
 import contextlib
+import os
 
 import keras
 import numpy as np
@@ -8,7 +9,7 @@ import tensorflow as tf
 
 from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, conv2d, serializable
 from tfnas.ops.layers import torch_init
-from tfnas.supernet.mixed import MIXED_OPS, ArchParameters
+from tfnas.supernet.mixed import MIXED_OPS, ArchParameters, MixedOp, TracePool
 
 
 @serializable
@@ -118,6 +119,17 @@ class Supernet(keras.Model):
         # symbolic build pass, which costs ~40 s at C16 L8.
         self.built = True
         self(tf.zeros((1,) + self.in_shape))
+        self.share_edge_traces(os.environ.get("TFNAS_SHARED_EDGE_TRACES", "1") != "0")
+
+    def share_edge_traces(self, enabled=True):
+        """Edges of one kind (ops, channels, stride, input shape) share one traced function
+        (`TracePool`): a traced step holds each kind's forward and backward once instead of
+        once per edge (C16 L8: 112 edges, 5 kinds). Edge layers that replace `call` and
+        synchronized BN (a collective per layer) keep their own traces."""
+        pool = TracePool() if enabled else None
+        for cell, _, _ in self.search_cells():
+            for m in cell.edges:
+                m.pool = pool if type(m).call is MixedOp.call else None
 
     def arch(self, cell_type):
         return self.archs[self.space.cell_types.index(cell_type)]
@@ -197,6 +209,8 @@ class Supernet(keras.Model):
         for layer in self._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, BatchNorm):
                 layer.synchronized = bool(synchronized)
+        if synchronized:
+            self.share_edge_traces(False)
 
     def count_weights(self):
         """Number of trainable weights excluding alphas (the reference's parameter count)."""
