@@ -214,3 +214,37 @@ def test_a_search_with_shared_edge_traces_differs_only_by_rounding(tmp_path, mon
     np.testing.assert_allclose(runs["1"][0], runs["0"][0], rtol=1e-4)
     for t, soft in runs["1"][1]["softmax"].items():
         np.testing.assert_allclose(soft, runs["0"][1]["softmax"][t], atol=1e-4)
+
+
+def _calls(model, x, y):
+    """Function-call ops in the outer graph of one traced training pass."""
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+    graph = step.get_concrete_function().graph
+    return sum(op.type in ("PartitionedCall", "StatefulPartitionedCall")
+               for op in graph.get_operations())
+
+
+def test_recompute_reruns_each_edge_in_the_backward_pass_with_the_same_numbers(tmp_path):
+    model = build_supernet(get_space("darts"), 4, 3, 10, (8, 8, 3))
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(6, 8, 8, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, 6))
+    edges = sum(len(c.edges) for c, _, _ in model.search_cells())
+    g0, s0, _ = _grads_and_stats(model, x, y)
+    kept = _calls(model, x, y)
+    model.share_edge_traces(True, recompute=True)
+    g1, s1, _ = _grads_and_stats(model, x, y)
+    # each edge's function once forward, once in the gradient; recomputing adds a forward
+    assert _calls(model, x, y) == kept + edges, (kept, edges)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    for a, b in zip(s0, s1):  # BN statistics are assigned once, from the first forward pass
+        np.testing.assert_array_equal(a, b)
+    # synchronized BN keeps per-edge traces (a collective per BN), recompute included
+    model.set_synchronized_bn(True)
+    model.share_edge_traces(True, recompute=True)
+    assert all(m.pool is None for c, _, _ in model.search_cells() for m in c.edges)

@@ -58,6 +58,10 @@ class SearchConfig:
                                     "op: pays off once edges are decided, but triples tracing)")
     sync_bn: bool = _f(False, "batch statistics over the global batch under multi-replica "
                               "strategies")
+    recompute: bool = _f(False, "recompute each edge's activations in the backward pass "
+                                "instead of keeping them: about half the memory of a step, "
+                                "~20% more compute (no effect with synchronized BN); a "
+                                "resume may switch it")
     mixed_op: str = _f("standard", "the registered edge layer of the supernet (standard: the "
                                    "DARTS weighted sum; extensions add others)")
     # optimisation

@@ -32,6 +32,15 @@ from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
 
+def _memory_and_bn(model, config):
+    """--recompute (edges recompute their activations), then --sync_bn (which keeps per-edge
+    traces: a collective per BN)."""
+    if config.recompute:
+        model.share_edge_traces(True, recompute=True)
+    if config.sync_bn:
+        model.set_synchronized_bn(True)
+
+
 def cosine_lr(epoch, epochs, lr, lr_min):
     """PyTorch's CosineAnnealingLR(T_max=epochs, eta_min) value at `epoch`."""
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
@@ -86,8 +95,7 @@ class SearchLoop:
                                             self.data.num_classes, self.data.input_shape,
                                             skip_zero=config.skip_zero_ops,
                                             mixed_op=config.mixed_op)
-            if config.sync_bn:
-                self.model.set_synchronized_bn(True)
+            _memory_and_bn(self.model, config)
             self.alphas, self.weights = self.model.alphas, self.model.weight_variables
             self.w_opt = MomentumSGD(self.weights, config.lr, config.momentum)
             self.a_opt = TorchAdam(self.alphas, config.arch_lr, beta_1=config.arch_beta1,

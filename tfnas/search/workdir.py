@@ -14,8 +14,9 @@ RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.
              "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
 
 
-# settings that do not change a run's results: a resume may change them
-NEUTRAL_KEYS = ("steps_per_execution",)
+# settings that do not change a run's results (recompute: only float rounding): a resume may
+# change them, e.g. add --recompute to a run that ran out of memory
+NEUTRAL_KEYS = ("steps_per_execution", "recompute")
 
 
 def prepare_workdir(workdir, config, overwrite, is_chief=True):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import AutocastScope  # no public name in Keras 3.15
 
 from tfnas.registry import Registry
 from tfnas.ops import build_op, serializable
@@ -195,16 +196,24 @@ class TracePool:
     calls before optimising, so the executed graph is the per-edge one (the same ops; sums
     may round in another order)."""
 
-    def __init__(self):
+    def __init__(self, recompute=False):
         self.entries = {}
+        self.recompute = bool(recompute)
 
     def call(self, layer, x, weights, training):
         key = layer.trace_key(x, training)
         if key not in self.entries:
             self.entries[key] = self._make(layer, key[7], training)
         fn, changed = self.entries[key]
-        y, updates = fn([v.value for v in layer.trainable_variables],
-                        [v.value for v in layer.non_trainable_variables], x, weights)
+        # the variables' own dtype: inside, each op casts as it would on its own (a layer's
+        # autocast here would hand BN its float32 statistics in 16 bits)
+        with AutocastScope(None):
+            tv = [v.value for v in layer.trainable_variables]
+            nv = [v.value for v in layer.non_trainable_variables]
+        if self.recompute and training:
+            y, *updates = _recomputed(fn, len(tv), len(nv))(*tv, *nv, x, weights)
+        else:
+            y, updates = fn(tv, nv, x, weights)
         for i, value in zip(changed, updates):
             layer.non_trainable_variables[i].assign(value)
         return y
@@ -216,9 +225,38 @@ class TracePool:
         def edge(trainable, non_trainable, x, weights):
             mapping = list(zip(template.trainable_variables, trainable)) + list(
                 zip(template.non_trainable_variables, non_trainable))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
+            with AutocastScope(None):  # the scope converts values to each variable's dtype
+                scope = keras.StatelessScope(state_mapping=mapping)
+            with scope:
                 y = template.plain_call(x, weights, training, live_ops)
             new = [scope.get_current_value(v) for v in template.non_trainable_variables]
             changed[:] = [i for i, (a, b) in enumerate(zip(new, non_trainable)) if a is not b]
             return y, [new[i] for i in changed]
         return tf.function(edge), changed
+
+
+def _recomputed(fn, n_trainable, n_other):
+    """`fn` on flat arguments with a gradient that recomputes the edge's activations in the
+    backward pass instead of keeping them from the forward pass (`tf.recompute_grad`'s idea;
+    `fn` is pure: its BN updates are outputs, assigned once by the caller, so recomputing
+    changes no state). Only the edge input waits for the output gradient (a data
+    dependency, so the recomputation is not scheduled early); the variables' values do not
+    need to, which keeps the graph small."""
+    @tf.custom_gradient
+    def call(*args):
+        tv, nv = list(args[:n_trainable]), list(args[n_trainable:n_trainable + n_other])
+        x, weights = args[-2], args[-1]
+        y, updates = fn(tv, nv, x, weights)
+
+        def grad(dy, *_):
+            first = tf.reduce_max(tf.reshape(dy, [-1])[:1])
+            wait = tf.where(tf.equal(first, first), 0.0, float("nan"))  # 0, not foldable
+            x_again = x + tf.cast(wait, x.dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(tv + [x_again, weights])
+                y_again, _ = fn(tv, nv, x_again, weights)
+            d = tape.gradient(y_again, tv + [x_again, weights], output_gradients=dy,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return d[:n_trainable] + [tf.zeros_like(v) for v in nv] + d[n_trainable:]
+        return [y] + list(updates), grad
+    return call

@@ -121,12 +121,20 @@ class Supernet(keras.Model):
         self(tf.zeros((1,) + self.in_shape))
         self.share_edge_traces(os.environ.get("TFNAS_SHARED_EDGE_TRACES", "1") != "0")
 
-    def share_edge_traces(self, enabled=True):
+    def share_edge_traces(self, enabled=True, recompute=False):
         """Edges of one kind (ops, channels, stride, input shape) share one traced function
         (`TracePool`): a traced step holds each kind's forward and backward once instead of
         once per edge (C16 L8: 112 edges, 5 kinds). Edge layers that replace `call` and
-        synchronized BN (a collective per layer) keep their own traces."""
-        pool = TracePool() if enabled else None
+        synchronized BN (a collective per layer) keep their own traces.
+
+        Args:
+            recompute: the backward pass recomputes every shared edge's activations
+                (`tf.recompute_grad`) instead of keeping them from the forward pass: less
+                memory, more compute (implies sharing).
+        """
+        synced = any(isinstance(layer, BatchNorm) and layer.synchronized
+                     for layer in self._flatten_layers(include_self=False, recursive=True))
+        pool = TracePool(recompute) if (enabled or recompute) and not synced else None
         for cell, _, _ in self.search_cells():
             for m in cell.edges:
                 m.pool = pool if type(m).call is MixedOp.call else None
