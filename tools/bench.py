@@ -12,6 +12,7 @@ GFLOP/s measured in the same process.
 
     python tools/bench.py                       # all three configs of the issue
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
+    python tools/bench.py --configs=darts_c16_l8_b64 --recompute   # the memory-saving step
     python tools/bench.py --input=folder:/data/cifar10   # + the input pipeline alone
     python tools/bench.py --rbench=RBENCH.py --reference_python=VENV/bin/python \
         --darts_pt=DARTS_PT_EXPORT --rounds=2               # side by side, measured ratios
@@ -49,7 +50,7 @@ CONFIGS = {
 }
 
 
-def run_one(name, steps, warmup, decision_batches=4):
+def run_one(name, steps, warmup, decision_batches=4, recompute=False):
     """Times SearchLoop's own traced step on a synthetic CIFAR-shaped npz dataset."""
     t_launch = time.time()
     import tempfile
@@ -68,7 +69,7 @@ def run_one(name, steps, warmup, decision_batches=4):
              y_train=rng.integers(0, 10, n))
     cfg = SearchConfig(dataset=f"npz:{tmp}/synthetic.npz", space=c["space"],
                        channels=c["channels"], layers=c["layers"], batch_size=b,
-                       epochs=1).validate()
+                       epochs=1, recompute=recompute).validate()
     loop = SearchLoop(cfg, f"{tmp}/run", tf.distribute.get_strategy(), is_chief=False)
     train, valid = loop._datasets(0)
     bt, bv = next(iter(train)), next(iter(valid))
@@ -111,7 +112,8 @@ def run_one(name, steps, warmup, decision_batches=4):
             "step_gflop": step_gflop, "achieved_gflop_s": step_gflop / med,
             "matmul_peak_gflop_s": _matmul_peak(),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "grappler": settings_in_force(),
+            "grappler": settings_in_force(), "recompute": recompute,
+            "shared_edge_traces": os.environ.get("TFNAS_SHARED_EDGE_TRACES", "1") != "0",
             "steps": steps, "threads": {
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -157,7 +159,8 @@ def input_rate(spec, batch, batches=200):
 
 def _tfnas(name, a):
     out = subprocess.run([sys.executable, __file__, f"--_child={name}", f"--steps={a.steps}",
-                          f"--warmup={a.warmup}", f"--decision_batches={a.decision_batches}"],
+                          f"--warmup={a.warmup}", f"--decision_batches={a.decision_batches}"]
+                         + (["--recompute"] if a.recompute else []),
                          capture_output=True, text=True,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if out.returncode:
@@ -217,10 +220,13 @@ def main():
     p.add_argument("--reference_python", default="", help="a Python with PyTorch for it")
     p.add_argument("--darts_pt", default="", help="CPU export of ruocwang/darts-pt")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds per config")
+    p.add_argument("--recompute", action="store_true",
+                   help="tfnas with --recompute (edges recompute activations: less memory)")
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
-        print(json.dumps(run_one(a._child, a.steps, a.warmup, a.decision_batches)))
+        print(json.dumps(run_one(a._child, a.steps, a.warmup, a.decision_batches,
+                                 a.recompute)))
         return
     side = [bool(x) for x in (a.rbench, a.reference_python, a.darts_pt)]
     if any(side) and not all(side):
