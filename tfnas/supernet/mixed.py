@@ -207,9 +207,11 @@ class TracePool:
         fn, changed = self.entries[key]
         # the variables' own dtype: inside, each op casts as it would on its own (a layer's
         # autocast here would hand BN its float32 statistics in 16 bits)
+        # and as tensors: a (distributed) variable passed to a tf.function is bound by its
+        # handle, which under MirroredStrategy is the first replica's on every replica
         with AutocastScope(None):
-            tv = [v.value for v in layer.trainable_variables]
-            nv = [v.value for v in layer.non_trainable_variables]
+            tv = [tf.convert_to_tensor(v.value) for v in layer.trainable_variables]
+            nv = [tf.convert_to_tensor(v.value) for v in layer.non_trainable_variables]
         if self.recompute and training:
             y, *updates = _recomputed(fn, len(tv), len(nv))(*tv, *nv, x, weights)
         else:
