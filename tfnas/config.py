@@ -60,7 +60,7 @@ class SearchConfig:
                               "strategies")
     recompute: bool = _f(False, "recompute each edge's activations in the backward pass "
                                 "instead of keeping them: about half the memory of a step, "
-                                "~20% more compute (no effect with synchronized BN); a "
+                                "~25% slower steps (no effect with synchronized BN); a "
                                 "resume may switch it")
     mixed_op: str = _f("standard", "the registered edge layer of the supernet (standard: the "
                                    "DARTS weighted sum; extensions add others)")
