@@ -242,8 +242,10 @@ def test_recompute_reruns_each_edge_in_the_backward_pass_with_the_same_numbers(t
     assert _calls(model, x, y) == kept + edges, (kept, edges)
     for a, b in zip(g0, g1):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
-    for a, b in zip(s0, s1):  # BN statistics are assigned once, from the first forward pass
-        np.testing.assert_array_equal(a, b)
+    # BN statistics are assigned once, from the first forward pass (a second update would
+    # move them by momentum 0.1 of the gap, far beyond this rounding bound)
+    for a, b in zip(s0, s1):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # synchronized BN keeps per-edge traces (a collective per BN), recompute included
     model.set_synchronized_bn(True)
     model.share_edge_traces(True, recompute=True)
