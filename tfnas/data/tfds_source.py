@@ -24,6 +24,7 @@ import socket
 
 import numpy as np
 
+from tfnas.data.base import ArrayData, num_classes_of
 from tfnas.errors import DataError
 
 FINGERPRINT_EXAMPLES = 8
@@ -231,7 +232,6 @@ def load_tfds(name, data_dir="", download=False, stats=None, flip=True, log=_say
         stats: (mean, std) to normalise with (the paper's constants for CIFAR/SVHN); None
             takes the training split's own, computed while it is cached.
     """
-    from tfnas.data.base import ArrayData
     with private_tempdir():
         builder = open_builder(name, data_dir, download)
         xtr, ytr, meta = cached_split(builder, name, "train", data_dir, log)
@@ -247,7 +247,6 @@ def load_tfds(name, data_dir="", download=False, stats=None, flip=True, log=_say
         except (KeyError, AttributeError, TypeError):
             declared = None
     if declared is None:
-        from tfnas.data.base import num_classes_of
         declared = num_classes_of(ytr, yte, name)
     mean, std = stats or (tuple(meta["mean"]), tuple(meta["std"]))
     h = xtr.shape[1]

@@ -203,7 +203,8 @@ class TracePool:
     def call(self, layer, x, weights, training):
         key = layer.trace_key(x, training)
         if key not in self.entries:
-            self.entries[key] = self._make(layer, key[7], training)
+            live = None if layer.live_ops is None else tuple(layer.live_ops)
+            self.entries[key] = self._make(layer, live, training)
         fn, changed = self.entries[key]
         # the variables' own dtype: inside, each op casts as it would on its own (a layer's
         # autocast here would hand BN its float32 statistics in 16 bits)
