@@ -250,3 +250,62 @@ def test_recompute_reruns_each_edge_in_the_backward_pass_with_the_same_numbers(t
     model.set_synchronized_bn(True)
     model.share_edge_traces(True, recompute=True)
     assert all(m.pool is None for c, _, _ in model.search_cells() for m in c.edges)
+
+
+def test_run_time_zero_op_skipping_trains_under_shared_edge_traces(monkeypatch):
+    """`skip_zero` (a tf.cond per op) inside the shared edge functions: a training pass traces
+    (the BN statistics an op updates leave the cond as outputs), computes what the plain
+    supernet computes, and a masked op's BN statistics are left untouched (it did not run)."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(6, 8, 8, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, 10, 6))
+    nets = [build_supernet(get_space("darts"), 4, 3, 10, (8, 8, 3), skip_zero=s)
+            for s in (False, True)]
+    nets[1].set_weights(nets[0].get_weights())
+    results = []
+    for net in nets:
+        assert all(m.pool is not None for c, _, _ in net.search_cells() for m in c.edges)
+        net.arch("normal").mask_op(2, 4)  # op 4 of edge 2: weight 0 in the normal cell
+        results.append(_grads_and_stats(net, x, y))
+    (g0, s0, _), (g1, s1, _) = results
+    for a, b in zip(g0, g1):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    masked = [c.edges[2].ops[4] for c, t, _ in nets[1].search_cells() if t == "normal"]
+    assert len(masked) == 1 and masked[0].name == get_space("darts").cells["normal"].ops[2][4]
+    skipped = {id(v) for m in masked for v in m.non_trainable_variables}
+    assert skipped
+    for v, a, b, start in zip(nets[1].non_trainable_variables, s0, s1,
+                              [v.numpy() for v in nets[1].non_trainable_variables]):
+        if id(v) in skipped:
+            np.testing.assert_array_equal(b, start)  # the op did not run: stats untouched
+            assert not np.array_equal(a, start)  # it ran (weight 0) and updated them
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_none_op_is_never_computed(monkeypatch):
+    """w * none(x) = 0 adds nothing, and its weight's gradient <0, dy> is 0: the mixed op
+    leaves it out, gradients unchanged up to rounding, none's alpha still gets its softmax
+    gradient."""
+    from tfnas.ops import Zero
+    import tfnas.supernet.mixed as mixed
+    rng = np.random.default_rng(4)
+    y = tf.constant(rng.integers(0, 5, 6))
+    for space in ("nb201", "s3"):  # the spaces with `none` (the darts space has none)
+        net = small(space, channels=3)
+        x = tf.constant(rng.normal(size=(6,) + net.in_shape), tf.float32)
+        net.share_edge_traces(False)  # every op in the outer graph, to count them
+        g_skip, _, ops_skip = _grads_and_stats(net, x, y)
+        monkeypatch.setattr(mixed, "Zero", type("Computed", (), {}))
+        g_all, _, ops_all = _grads_and_stats(net, x, y)
+        monkeypatch.undo()
+        net.share_edge_traces(True)
+        assert ops_skip < ops_all
+        for a, b in zip(g_all, g_skip):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+        none = net.space.cells[net.space.cell_types[0]].ops[0].index("none")
+        assert np.abs(g_skip[0][:, none]).min() > 0  # alpha of `none`: softmax coupling
+        monkeypatch.setattr(Zero, "call", lambda *a, **k: 1 / 0)
+        _grads_and_stats(net, x, y)  # never called
+        monkeypatch.undo()

@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras.src.backend import AutocastScope  # no public name in Keras 3.15
+from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 from tfnas.registry import Registry
-from tfnas.ops import build_op, serializable
+from tfnas.ops import Zero, build_op, serializable
 
 
 @serializable
@@ -154,7 +155,9 @@ class MixedOp(keras.layers.Layer):
                 tuple(x.shape[1:]))
 
     def plain_call(self, x, weights, training, live_ops):
-        """The edge's output; `live_ops`: the op indices computed (None: all)."""
+        """The edge's output; `live_ops`: the op indices computed (None: all). The `none`
+        op is never computed: w * 0 adds nothing to the sum and its weight's gradient,
+        <0, dy>, is 0 (what the tape gives an unused weight)."""
         n, h, w_, _ = x.shape
         s = self.stride
         out_shape = [tf.shape(x)[0], -(-h // s), -(-w_ // s), self.channels]
@@ -166,9 +169,10 @@ class MixedOp(keras.layers.Layer):
         per_op = tf.unstack(tf.cast(weights, x.dtype))  # one op (and one in the gradient) instead of a slice each
         for k in live:
             op, wk = self.ops[k], per_op[k]
+            if isinstance(op, Zero):
+                continue
             if self.skip_zero:
-                y = tf.cond(tf.not_equal(wk, 0.0),
-                            lambda op=op, wk=wk: wk * op(x, training=training), zeros)
+                y = _unless_zero(op, wk, x, training, zeros)
             else:
                 y = wk * op(x, training=training)
             total = y if total is None else total + y
@@ -178,6 +182,25 @@ class MixedOp(keras.layers.Layer):
         return {**super().get_config(), "op_names": self.op_names, "channels": self.channels,
                 "stride": self.stride, "affine": self.affine, "pool_bn": self.pool_bn,
                 "skip_zero": self.skip_zero}
+
+
+def _unless_zero(op, wk, x, training, zeros):
+    """wk * op(x), or zeros without running the op when wk is 0 (`tf.cond`). Inside a Keras
+    stateless scope (a shared edge trace) the op's variable updates (BN statistics) become
+    outputs of the cond, so they leave the branch's graph; the skipped branch returns the
+    values unchanged."""
+    scope = get_stateless_scope()
+    state = list(op.non_trainable_variables) if scope is not None and training else []
+    before = [scope.get_current_value(v) for v in state]
+
+    def run():
+        y = wk * op(x, training=training)
+        return [y] + [scope.get_current_value(v) for v in state]
+
+    out = tf.cond(tf.not_equal(wk, 0.0), run, lambda: [zeros()] + before)
+    for v, value in zip(state, out[1:]):
+        scope.add_update((v, value))
+    return out[0]
 
 
 # name -> MixedOp class: what every supernet edge is made of (`--mixed_op`). An entry takes
