@@ -1,5 +1,6 @@
 """Graphs specialised to decided edges: same numbers as the full supernet, less work."""
 
+import functools
 import math
 import os
 import shutil
@@ -11,7 +12,7 @@ import tensorflow as tf
 from helpers import tiny_config
 from tfnas.io import read_jsonl
 from tfnas.search import SearchLoop
-from tfnas.search.graphs import TRACE_CALLS
+from tfnas.search.graphs import SKIP_COST, TRACE_CALLS
 from tfnas.selection.pt import SelectConfig
 from tfnas.selection.run import run_select
 
@@ -110,24 +111,65 @@ def test_auto_prunes_by_the_work_ahead_and_falls_back_when_an_edge_returns(pair)
 
 
 def test_selection_with_pruned_graphs_decides_the_same(searched):
-    rows, genotypes, lines = {}, {}, {"never": [], "always": []}
-    for mode in ("never", "always"):
+    """never: the search's full graph; always: a graph without the zero ops after every
+    decision; auto with one scoring batch: never worth a trace, so every decision is scored
+    by the one graph that skips zero-weight ops at run time. Same decisions, same scores up
+    to float rounding."""
+    modes = ("never", "always", "auto")
+    rows, genotypes, lines = {}, {}, {m: [] for m in modes}
+    for mode in modes:
         wd = f"{searched}_prune_{mode}"
         shutil.copytree(searched, wd)
         cfg = SelectConfig(selector="pt", tune_epochs_per_decision=0, score_batches=1,
                            prune_decided=mode)
         genotypes[mode] = run_select(wd, cfg, log=lines[mode].append).to_json()["cells"]
         rows[mode] = read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))
-    assert genotypes["never"] == genotypes["always"]
+    assert genotypes["never"] == genotypes["always"] == genotypes["auto"]
     said = lambda m: [x for x in lines[m] if "graph retraced" in x]  # noqa: E731
-    assert said("never") == [] and len(said("always")) >= 5
+    assert said("never") == [] == said("auto") and len(said("always")) >= 5
     assert said("always")[:2] == [
         "  scoring graph retraced without 1 zero op of decided/removed edges",
         "  scoring graph retraced without 2 zero ops of decided/removed edges"]
-    assert len(rows["always"]) == len(rows["never"]) >= 10
-    for a, b in zip(rows["never"], rows["always"]):
-        assert a.keys() == b.keys() and a.get("choice") == b.get("choice")
-        assert a.get("kept_inputs") == b.get("kept_inputs")
-        assert _close([a["acc_before"], a["acc_after"]], [b["acc_before"], b["acc_after"]])
-        for op, s in a.get("scores", {}).items():
-            assert _close(s, b["scores"][op]), (s, b["scores"][op])
+    assert len(rows["always"]) == len(rows["never"]) == len(rows["auto"]) >= 10
+    for other in ("always", "auto"):
+        for a, b in zip(rows["never"], rows[other]):
+            assert a.keys() == b.keys() and a.get("choice") == b.get("choice")
+            assert a.get("kept_inputs") == b.get("kept_inputs")
+            assert _close([a["acc_before"], a["acc_after"]], [b["acc_before"], b["acc_after"]])
+            for op, s in a.get("scores", {}).items():
+                assert _close(s, b["scores"][op]), (other, s, b["scores"][op])
+
+
+def test_run_time_skipping_graph_and_its_cost_model(pair):
+    """A scoring graph that skips zero-weight ops at run time: one tf.cond per op in the
+    traced graph; under auto, pruning must beat it (not the full graph) to pay for a
+    trace."""
+    _, _, pruned, _ = pair
+    g = pruned.graphs
+    zero = pruned.model.zero_ops()
+    before = dict(g.left_out)
+    try:
+        g.set_mode("auto", skip_at_run_time=("eval",))
+        assert g.left_out == before  # reinstalled with the flag, leaving out the same ops
+        share_full = g.cost(zero) / g.cost(frozenset())
+        share_skip = g.cost(zero) / (g.cost(zero) + SKIP_COST * len(zero))
+        assert share_full < share_skip < 1
+        calls = math.ceil(TRACE_CALLS * share_full / (1 - share_full)) + 1
+        assert g.target(calls, "step") == zero and g.target(calls, "eval") == frozenset()
+        assert g.target(math.ceil(TRACE_CALLS * share_skip / (1 - share_skip)) + 1,
+                        "eval") == zero
+        assert g.refresh("eval", calls) and g.left_out["eval"] == frozenset()
+        assert g.describe("eval") == ("  scoring graph retraced with every op (zero-weight "
+                                      "ops skipped at run time)")
+        batch = next(iter(pruned._distribute(functools.partial(
+            pruned.pipeline.evaluation, pruned.data.x_train[:4], pruned.data.y_train[:4]))))
+        library = pruned._eval_fn.get_concrete_function(
+            batch, training=True).graph.as_graph_def().library.function
+        # the conds sit in the shared edge functions: one per op of every edge kind
+        conds = [n for f in library for n in f.node_def if n.op in ("If", "StatelessIf")]
+        assert len(conds) >= 2, [f.signature.name for f in library]
+        with pytest.raises(ValueError, match="graph kinds"):
+            g.set_mode("auto", skip_at_run_time=("tune",))
+    finally:
+        g.set_mode("always")
+        g.refresh("eval", 100)

@@ -151,7 +151,9 @@ class PerturbationSelector:
     def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
         self.budget = budget
-        loop.graphs.set_mode(config.prune_decided)
+        # scoring skips masked and decided ops at run time (one trace for every decision)
+        loop.graphs.set_mode(config.prune_decided, () if config.prune_decided == "never"
+                             else ("eval",))
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)

@@ -198,19 +198,23 @@ class Supernet(keras.Model):
         return frozenset(zero)
 
     @contextlib.contextmanager
-    def leaving_out(self, ops):
+    def leaving_out(self, ops, skip_zero=False):
         """While a graph is traced inside, every mixed op computes only its ops that are not
-        in `ops` ((cell type, edge, op) triples, as `zero_ops`)."""
+        in `ops` ((cell type, edge, op) triples, as `zero_ops`); with `skip_zero`, each op
+        that remains runs only when its mixing weight is non-zero (a `tf.cond`: masks and
+        decisions made after the trace are skipped too)."""
         edges = [(t, e, m) for cell, t, _ in self.search_cells()
                  for e, m in enumerate(cell.edges)]
+        built = [m.skip_zero for _, _, m in edges]
         for t, e, m in edges:
             m.live_ops = [k for k in range(len(m.ops)) if (t, e, k) not in ops] if ops \
                 else None
+            m.skip_zero = m.skip_zero or bool(skip_zero)
         try:
             yield
         finally:
-            for _, _, m in edges:
-                m.live_ops = None
+            for (_, _, m), skip in zip(edges, built):
+                m.live_ops, m.skip_zero = None, skip
 
     def set_synchronized_bn(self, synchronized=True):
         """Use cross-replica batch statistics in every BN (set before tracing)."""
