@@ -15,6 +15,15 @@ function call hands to Grappler (TF2 has no public switch for either):
   differently): losses agree to ~3e-5 relative after 6 steps at C8 L5 (tests/test_grappler.py
   bounds it). `TFNAS_GRAPPLER_ITERATIONS=2` keeps TensorFlow's default.
 
+And for the search only (`apply_settings(search=True)`, what `SearchLoop` calls), the passes
+that do nothing to the supernet step's graph but take time on it (`TFNAS_GRAPPLER_PASSES=1`
+keeps them): layout (NHWC on CPU already: 0 nodes changed, 3.1 s of the C16 L8 first call),
+remapper (2 nodes fused, 3.9 s), loop (0 nodes, 0.7 s), implementation selector (0.35 s),
+dependency optimizer (removes control edges only, 4.5 s) and the TFG passes (shape
+inference and control-flow sinking, 4.2 s). The C8 L5 losses after 9 steps are bit-identical
+with and without them; the C16 L8 first call went 54-62 s -> 36 s, steady step unchanged.
+`tfnas train` keeps them (its smaller network is fused by the remapper).
+
 Measurements: docs/PERFORMANCE.md. This wraps a private property of TensorFlow's context
 (`tensorflow.python.eager.context.Context.config`): when that is not there (another
 TensorFlow), it changes nothing and `apply_settings()` returns an empty dict.
@@ -25,9 +34,16 @@ import os
 _APPLIED = {}
 
 
-def _wanted():
+SEARCH_PASSES_OFF = ("layout_optimizer", "remapping", "loop_optimization",
+                     "implementation_selector", "dependency_optimization")
+
+
+def _wanted(search=False):
     from tensorflow.core.protobuf import rewriter_config_pb2 as rc
     out = {}
+    if search and os.environ.get("TFNAS_GRAPPLER_PASSES") != "1":
+        out.update({name: rc.RewriterConfig.OFF for name in SEARCH_PASSES_OFF})
+        out["disable_tfg_optimizer"] = True
     if os.environ.get("TFNAS_MEMORY_OPTIMIZER") != "1":
         out["memory_optimization"] = rc.RewriterConfig.NO_MEM_OPT
     if os.environ.get("TFNAS_GRAPPLER_ITERATIONS") != "2":
@@ -35,41 +51,49 @@ def _wanted():
     return out
 
 
-def apply_settings():
-    """Applies tfnas's Grappler settings to functions traced or run from now on (once per
-    process; the environment's opt-outs are read the first time). Returns the settings in
-    force, {rewriter option: value}."""
-    if _APPLIED:
+def apply_settings(search=False):
+    """Applies tfnas's Grappler settings to functions traced or run from now on (the
+    environment's opt-outs are read the first time; `search=True` adds the search's passes
+    off, for the rest of the process). Returns the settings in force, {rewriter option:
+    value}."""
+    if _APPLIED and (not search or _APPLIED.get("search")):
         return dict(_APPLIED["settings"])
     try:
         from tensorflow.python.eager import context
         prop = context.Context.__dict__["config"]
-        getter = prop.fget
-        wanted = _wanted()
+        wanted = _wanted(search)
     except (ImportError, KeyError, AttributeError):
         return {}
+    if _APPLIED:  # the property is patched already: it reads the settings on every call
+        _APPLIED["settings"].update(wanted)
+        _APPLIED["search"] = True
+        return dict(_APPLIED["settings"])
+    getter = prop.fget
 
     def config(self):
         cfg = getter(self)
-        for key, value in wanted.items():
+        for key, value in _APPLIED["settings"].items():
             setattr(cfg.graph_options.rewrite_options, key, value)
         return cfg
 
     context.Context.config = property(config, prop.fset, prop.fdel, prop.__doc__)
-    _APPLIED["settings"] = wanted
+    _APPLIED.update(settings=dict(wanted), search=search)
     return dict(wanted)
 
 
 def settings_in_force():
-    """{"memory_optimizer": "off"|"default", "meta_optimizer_iterations": 1|2}, read back
-    from the context's config (what bench.py reports)."""
+    """{"memory_optimizer": "off"|"default", "meta_optimizer_iterations": 1|2, "passes_off":
+    [the search's passes turned off]}, read back from the context's config (what bench.py
+    reports)."""
     try:
         from tensorflow.core.protobuf import rewriter_config_pb2 as rc
         from tensorflow.python.eager import context
         opts = context.context().config.graph_options.rewrite_options
     except (ImportError, AttributeError):
         return {}
+    off = [name for name in SEARCH_PASSES_OFF if getattr(opts, name) == rc.RewriterConfig.OFF]
     return {"memory_optimizer": "off" if opts.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
             else "default",
             "meta_optimizer_iterations": 1 if opts.meta_optimizer_iterations ==
-            rc.RewriterConfig.ONE else 2}
+            rc.RewriterConfig.ONE else 2,
+            "passes_off": off + (["tfg"] if opts.disable_tfg_optimizer else [])}

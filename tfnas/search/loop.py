@@ -60,7 +60,7 @@ class SearchLoop:
     def __init__(self, config, workdir, strategy, is_chief=True, log=None, data=None):
         self.config, self.workdir, self.strategy = config, workdir, strategy
         self.is_chief = is_chief
-        apply_settings()  # cheaper Grappler: a faster first step (tfnas/grappler.py)
+        apply_settings(search=True)  # cheaper Grappler: a faster first step (tfnas/grappler.py)
         self.log = log or (lambda s: print(s, flush=True))
         self.replicas = strategy.num_replicas_in_sync
         if config.batch_size % self.replicas:
