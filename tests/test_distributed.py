@@ -360,3 +360,44 @@ def test_shared_edge_traces_on_two_replicas_give_per_edge_gradients():
     for a, b in zip(s0, s1):  # each replica's BN statistics, from its own half of the batch
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert any(not np.allclose(x[0], x[1]) for x in s1)  # the replicas' halves differ
+
+
+_MOMENTUM_SCRIPT = """
+import json
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfnas.search.optim import MomentumSGD
+out = {}
+for name, strat in (("default", tf.distribute.get_strategy()),
+                    ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    with strat.scope():
+        layer = keras.layers.Dense(3)
+        layer.build((None, 4))
+        opt = MomentumSGD(layer.trainable_variables, 0.1, 0.9)
+    w0 = [v.numpy() for v in layer.trainable_variables]
+    grads = [tf.constant(np.random.default_rng(i).normal(size=v.shape), tf.float32)
+             for i, v in enumerate(layer.trainable_variables)]
+    step = tf.function(lambda: opt.apply_gradients(zip(grads, layer.trainable_variables)))
+    step()
+    step()
+    ops = [op.type for op in step.get_concrete_function().graph.get_operations()]
+    # torch's rule twice: buf = g, w -= 0.1 g; buf = 1.9 g, w -= 0.19 g
+    out[name] = {"err": [float(np.abs(x.numpy() - (a - 0.29 * g.numpy())).max())
+                         for v, a, g in zip(layer.trainable_variables, w0, grads)
+                         for x in strat.experimental_local_results(v._value)],
+                 "apply_ops": ops.count("ResourceApplyMomentum")}
+print(json.dumps(out))
+"""
+
+
+def test_momentum_sgd_is_one_op_per_variable_and_updates_every_replica():
+    """MomentumSGD's update is TensorFlow's Momentum kernel (torch's rule), applied to each
+    replica's copy of a variable and of its buffer."""
+    out = subprocess.run([sys.executable, "-c", _MOMENTUM_SCRIPT], capture_output=True,
+                         text=True, timeout=300, env=_env(), cwd=os.path.join(HERE, ".."))
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(r["default"]["err"]) == 2 and len(r["mirrored"]["err"]) == 4  # kernel, bias
+    assert max(r["default"]["err"] + r["mirrored"]["err"]) < 1e-6, r
+    assert r["default"]["apply_ops"] == 2 and r["mirrored"]["apply_ops"] == 4, r

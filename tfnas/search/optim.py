@@ -5,7 +5,8 @@ weights, `TorchAdam` for the alphas.
 a C8 L5 supernet, 51k of the step's 85k ops, which dominate tracing and graph optimisation),
 and its momentum convention (m = mu m - lr g) differs from PyTorch's while the learning rate
 changes. This one does `buf = mu * buf + g; w -= lr * buf`, the reference's update, in a few
-ops per variable. Called in the cross-replica context, its assigns reach every replica.
+op per variable (`ResourceApplyMomentum`, whose rule is exactly this one). Called in the
+cross-replica context, its updates reach every replica (`strategy.extended.update`).
 """
 
 import tensorflow as tf
@@ -27,6 +28,7 @@ class MomentumSGD:
         self.buffers = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
                                     name="sgd_momentum") for v in self.variables_to_train]
         self._index = {id(v): i for i, v in enumerate(self.variables_to_train)}
+        self._strategy = tf.distribute.get_strategy()
 
     @property
     def variables(self):
@@ -40,11 +42,28 @@ class MomentumSGD:
         lr = self.learning_rate.value()
         mu = tf.constant(self.momentum, tf.float32)  # one constant, not one per variable
         for g, v in grads_and_vars:
-            buf = self.buffer(v)
-            new = buf * mu + g
-            buf.assign(new)
-            v.assign_sub(lr * new)
+            buf, var = self.buffer(v), _tf_variable(v)
+            if var is None or var.dtype != g.dtype:
+                new = buf * mu + g  # the same rule in plain ops
+                buf.assign(new)
+                v.assign_sub(lr * new)
+            else:  # one op; on each replica's copies of the variable and its buffer
+                self._strategy.extended.update(var, _apply_momentum, args=(buf, g, lr, mu),
+                                               group=False)
         self.iterations.assign_add(1)
+
+
+def _tf_variable(v):
+    """The TensorFlow variable behind `v` (a Keras variable holds one, mirrored under a
+    distribution strategy), or None."""
+    inner = getattr(v, "_value", v)  # Keras 3's TensorFlow variable keeps it there
+    return inner if isinstance(inner, tf.Variable) else None
+
+
+def _apply_momentum(var, buf, grad, lr, mu):
+    """buf = mu * buf + grad; var -= lr * buf (TensorFlow's Momentum kernel, no Nesterov)."""
+    return tf.raw_ops.ResourceApplyMomentum(var=var.handle, accum=buf.handle, lr=lr,
+                                            grad=grad, momentum=mu, use_nesterov=False)
 
 
 class TorchAdam:
