@@ -55,7 +55,8 @@ class SearchConfig:
     channels: int = _f(16, "initial channels C")
     layers: int = _f(8, "cells (DARTS family) or cells per stage (NB201)")
     skip_zero_ops: bool = _f(False, "skip ops whose mixing weight is exactly zero (tf.cond per "
-                                    "op: pays off once edges are decided, but triples tracing)")
+                                    "op: pays off once edges are decided; selection's scoring "
+                                    "graph does it anyway)")
     sync_bn: bool = _f(False, "batch statistics over the global batch under multi-replica "
                               "strategies")
     recompute: bool = _f(False, "recompute each edge's activations in the backward pass "

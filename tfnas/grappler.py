@@ -18,11 +18,12 @@ function call hands to Grappler (TF2 has no public switch for either):
 And for the search only (`apply_settings(search=True)`, what `SearchLoop` calls), the passes
 that do nothing to the supernet step's graph but take time on it (`TFNAS_GRAPPLER_PASSES=1`
 keeps them): layout (NHWC on CPU already: 0 nodes changed, 3.1 s of the C16 L8 first call),
-remapper (2 nodes fused, 3.9 s), loop (0 nodes, 0.7 s), implementation selector (0.35 s),
-dependency optimizer (removes control edges only, 4.5 s) and the TFG passes (shape
-inference and control-flow sinking, 4.2 s). The C8 L5 losses after 9 steps are bit-identical
-with and without them; the C16 L8 first call went 54-62 s -> 36 s, steady step unchanged.
-`tfnas train` keeps them (its smaller network is fused by the remapper).
+loop (0 nodes, 0.7 s), implementation selector (0.35 s) and the TFG passes (shape inference
+and control-flow sinking, 4.2 s). The search's losses and alphas are bit-identical with and
+without them (tests/test_grappler.py). The remapper (2 nodes fused, 3.9 s) and the
+dependency optimizer (control edges, 4.5 s) stay on: with both off, a search run with
+`--steps_per_execution=3` (steps inside a loop) no longer matched one step per call to the
+bit, and keeping either restored it. `tfnas train` keeps every pass.
 
 Measurements: docs/PERFORMANCE.md. This wraps a private property of TensorFlow's context
 (`tensorflow.python.eager.context.Context.config`): when that is not there (another
@@ -34,8 +35,7 @@ import os
 _APPLIED = {}
 
 
-SEARCH_PASSES_OFF = ("layout_optimizer", "remapping", "loop_optimization",
-                     "implementation_selector", "dependency_optimization")
+SEARCH_PASSES_OFF = ("layout_optimizer", "loop_optimization", "implementation_selector")
 
 
 def _wanted(search=False):

@@ -151,9 +151,10 @@ class PerturbationSelector:
     def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
         self.budget = budget
-        # scoring skips masked and decided ops at run time (one trace for every decision)
-        loop.graphs.set_mode(config.prune_decided, () if config.prune_decided == "never"
-                             else ("eval",))
+        # scoring skips masked and decided ops at run time (one trace for every decision);
+        # not with synchronized BN, whose collectives would sit inside the conds
+        skip = config.prune_decided != "never" and not loop.model.synchronized_bn()
+        loop.graphs.set_mode(config.prune_decided, ("eval",) if skip else ())
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)

@@ -113,7 +113,7 @@ class MixedOp(keras.layers.Layer):
 
     Two ways to leave out ops whose weight is zero, both exact (adding w * op(x) = 0 changes
     no sum, and its gradient is 0): `skip_zero` tests every weight at run time (`tf.cond`:
-    one graph serves every mask, but it triples tracing and slows the undecided ops), and
+    one graph serves every mask, but it slows the undecided ops), and
     `live_ops`, a list of op indices set while a graph is traced (`Supernet.leaving_out`),
     builds a graph of only those ops, for a selection state that makes the others zero
     for good (decided or removed edges).
@@ -125,7 +125,7 @@ class MixedOp(keras.layers.Layer):
         affine: BN scale/offset in the ops (False in search cells).
         pool_bn: the DARTS extra BN after pooling ops.
         skip_zero: skip ops with a zero weight (tf.cond per op; pays off once edges are
-            decided, but triples tracing time).
+            decided).
     """
 
     def __init__(self, op_names, channels, stride=1, affine=False, pool_bn=True, skip_zero=False,

@@ -132,9 +132,8 @@ class Supernet(keras.Model):
                 (`tf.recompute_grad`) instead of keeping them from the forward pass: less
                 memory, more compute (implies sharing).
         """
-        synced = any(isinstance(layer, BatchNorm) and layer.synchronized
-                     for layer in self._flatten_layers(include_self=False, recursive=True))
-        pool = TracePool(recompute) if (enabled or recompute) and not synced else None
+        pool = TracePool(recompute) if (enabled or recompute) and \
+            not self.synchronized_bn() else None
         for cell, _, _ in self.search_cells():
             for m in cell.edges:
                 m.pool = pool if type(m).call is MixedOp.call else None
@@ -215,6 +214,11 @@ class Supernet(keras.Model):
         finally:
             for (_, _, m), skip in zip(edges, built):
                 m.live_ops, m.skip_zero = None, skip
+
+    def synchronized_bn(self):
+        """Whether the BN layers use cross-replica statistics (a collective per BN)."""
+        return any(isinstance(layer, BatchNorm) and layer.synchronized
+                   for layer in self._flatten_layers(include_self=False, recursive=True))
 
     def set_synchronized_bn(self, synchronized=True):
         """Use cross-replica batch statistics in every BN (set before tracing)."""
