@@ -290,3 +290,57 @@ def test_worker_shards_put_together_are_the_global_batches():
         np.testing.assert_array_equal(batch, np.concatenate([halves[0][k], halves[1][k]]))
     with pytest.raises(ValueError, match="not divisible by 3"):
         p.train(idx, 2, shard=(0, 3))
+
+
+def test_pipelines_run_without_the_autotune_thread_and_give_the_same_batches():
+    """Every dataset a Pipeline returns has tf.data's autotuning off (deleting an iterator
+    left before its end waits for the autotune thread's next wake-up, seconds per epoch);
+    the batches are those of the same dataset with autotuning on."""
+    import tensorflow as tf
+    d = load_dataset("digits", limit=96)
+    p = Pipeline(d, 16, seed=3, cutout=True, cutout_length=4)
+    idx = np.arange(80)
+    x, y = d.x_train[:40], d.y_train[:40]
+
+    def made():  # fresh datasets (a shuffle reshuffles on its next iteration)
+        return {"train": p.train(idx, 1, cutout_prob=0.5),
+                "repeat": p.train(idx, 1, repeat=True).take(7),
+                "shard": p.train(idx, 1, shard=(1, 2), replica_batch=8),
+                "epochs": p.epochs(idx, 0, 2),
+                "evaluation": p.evaluation(x, y),
+                "evaluation shard": p.evaluation(x, y, shard=(0, 2))}
+    on = tf.data.Options()
+    on.autotune.enabled = True
+    for (name, ds), again in zip(made().items(), made().values()):
+        assert ds.options().autotune.enabled is False, name
+        tuned = again.with_options(on)
+        assert tuned.options().autotune.enabled is True
+        a = [x.numpy() for x, _ in ds]
+        b = [x.numpy() for x, _ in tuned]
+        assert len(a) == len(b) > 0, name
+        assert all(np.array_equal(u, v) for u, v in zip(a, b)), name
+    assert len(list(made()["epochs"])) == 10
+
+
+@pytest.mark.parametrize("global_seed", [0, 5, None])
+def test_epochs_are_the_per_epoch_batches_under_any_global_seed(global_seed):
+    """`Pipeline.epochs` (fit's input, epochs as tensors) gives exactly `train(epoch)`'s
+    batches (the custom loop's, Python ints) one epoch after the other, whatever the global
+    seed: 0 (`tfnas train --seed=0`) made `Dataset.shuffle` fail on the tensor seed."""
+    import tensorflow as tf
+    from tensorflow.python.framework import random_seed
+    random_seed.set_seed(global_seed)
+    try:
+        d = load_dataset("digits", limit=64)
+        p = Pipeline(d, 16, seed=0, cutout=True, cutout_length=4)
+        idx = np.arange(64)
+        joined = [(x.numpy(), y.numpy()) for x, y in p.epochs(idx, 0, 3, cutout_prob=0.5)]
+        each = [(x.numpy(), y.numpy()) for e in range(3)
+                for x, y in p.train(idx, e, cutout_prob=0.5)]
+        assert len(joined) == len(each) == 12
+        for (a, b), (u, v) in zip(joined, each):
+            np.testing.assert_array_equal(a, u)
+            np.testing.assert_array_equal(b, v)
+        assert not np.array_equal(each[0][1], each[4][1])  # epochs shuffle differently
+    finally:
+        tf.random.set_seed(0)

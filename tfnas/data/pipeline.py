@@ -13,6 +13,37 @@ import tensorflow as tf
 from tfnas.data.sources import keys_and_decode
 
 
+def without_model_thread(ds):
+    """`ds` with tf.data's autotuning off. Its model thread sleeps for doubling periods (10 ms
+    up to 60 s) and deleting an iterator that was not read to its end waits for the thread's
+    next wake-up (TF 2.21): every epoch's training and alpha iterators (left before their
+    end) cost up to one such period, measured 2-4 s on a 6 s tuning epoch. `AUTOTUNE`
+    parallelism then means one call per core of tf.data's thread pool, and the prefetch
+    buffers keep their sizes; the batches are the same."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
+def shuffled(ds, buffer_size, op_seed):
+    """`ds.shuffle(buffer_size, seed=op_seed, reshuffle_each_iteration=True)` for an int64
+    tensor `op_seed`, with the seeds `shuffle` derives from a Python int (the global seed,
+    or TensorFlow's default graph seed, and `op_seed` mod 2**31-1; (0, 0) becomes
+    (0, 2**31-1)). `Dataset.shuffle` itself fails on a tensor seed under a global seed of 0
+    (TF 2.21 compares the seed pair to (0, 0) with a Python `==`), which
+    `tfnas train --seed=0` sets."""
+    seed = tf.constant(tf.compat.v1.random.get_seed(1)[0], tf.int64)
+    seed2 = tf.math.floormod(op_seed, 2 ** 31 - 1)
+    seed2 = tf.where((seed == 0) & (seed2 == 0), tf.constant(2 ** 31 - 1, tf.int64), seed2)
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(buffer_size, tf.int64), seed=seed, seed2=seed2,
+        seed_generator=tf.raw_ops.DummySeedGenerator(), reshuffle_each_iteration=True,
+        output_types=[s.dtype for s in tf.nest.flatten(ds.element_spec)],
+        output_shapes=[s.shape for s in tf.nest.flatten(ds.element_spec)])
+    return tf.data.experimental.from_variant(variant, ds.element_spec)
+
+
 def bilevel_split(n, train_portion):
     """DARTS split: the first floor(portion*n) examples train weights, the rest alpha."""
     split = int(np.floor(train_portion * n))
@@ -85,8 +116,13 @@ class Pipeline:
         x = x[(rh - h) // 2:(rh - h) // 2 + h, (rw - w) // 2:(rw - w) // 2 + w]
         return (x / 255.0 - self.mean) / self.std
 
-    def train(self, indices, epoch, augment=True, cutout_prob=0.0, repeat=False,
-              drop_remainder=True, shard=None, replica_batch=None):
+    def train(self, indices, epoch, **kw):
+        """Shuffled, augmented batches of the examples at `indices` for one epoch (keyword
+        arguments: `_train_batches`), without tf.data's autotune thread."""
+        return without_model_thread(self._train_batches(indices, epoch, **kw))
+
+    def _train_batches(self, indices, epoch, augment=True, cutout_prob=0.0, repeat=False,
+                       drop_remainder=True, shard=None, replica_batch=None):
         """Shuffled, augmented batches of the examples at `indices` for one epoch.
 
         Args:
@@ -102,10 +138,10 @@ class Pipeline:
         ds = tf.data.Dataset.from_tensor_slices((keys, y))
         if isinstance(epoch, tf.Tensor):  # Pipeline.epochs: the same seeds as a Python int
             epoch = tf.cast(epoch, tf.int64)
-            shuffle_seed = tf.constant(self.seed * 100003, tf.int64) + epoch
+            ds = shuffled(ds, len(keys), tf.constant(self.seed * 100003, tf.int64) + epoch)
         else:
-            shuffle_seed = int(self.seed * 100003 + epoch)
-        ds = ds.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(keys), seed=int(self.seed * 100003 + epoch),
+                            reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate()
@@ -127,9 +163,10 @@ class Pipeline:
 
     def epochs(self, indices, first, last, **kw):
         """The batches of epochs first..last-1 in one dataset, each exactly `train(indices,
-        epoch, **kw)` (what `model.fit` iterates; a resumed fit starts at its epoch)."""
-        return tf.data.Dataset.range(first, last).flat_map(
-            lambda epoch: self.train(indices, epoch, **kw))
+        epoch, **kw)` (what `model.fit` iterates; a resumed fit starts at its epoch); options
+        are set on the outer dataset only (not inside the traced flat_map function)."""
+        return without_model_thread(tf.data.Dataset.range(first, last).flat_map(
+            lambda epoch: self._train_batches(indices, epoch, **kw)))
 
     def _shard(self, ds, worker, workers):
         """Every global batch of (position, (key, label)), cut to this worker's slice."""
@@ -162,7 +199,7 @@ class Pipeline:
             ds = ds.take(batches * size)  # the first N global batches
         if shard is None:
             ds = ds.map(lambda a, b: (prep(decode(a)), b), num_parallel_calls=tf.data.AUTOTUNE)
-            return ds.batch(size).prefetch(2)
+            return without_model_thread(ds.batch(size).prefetch(2))
         worker, workers = shard
         if size % workers:
             raise ValueError(f"batch size {size} is not divisible by {workers} input pipelines")
@@ -178,7 +215,7 @@ class Pipeline:
             return tf.data.Dataset.range(0, hi - lo, per).map(
                 lambda i: (images[i:i + per], label[i:i + per]))
         ds = ds.batch(size).map(share, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.flat_map(per_replica).prefetch(2)
+        return without_model_thread(ds.flat_map(per_replica).prefetch(2))
 
 
 def color_jitter(x, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2):
