@@ -269,3 +269,32 @@ def test_report_writes_the_plots(searched, tmp_path, capsys):
         with open(os.path.join(wd, "report", n), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert main(["report", f"--workdir={tmp_path / 'none'}"]) == 2
+
+
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_an_events_next_decision_reuses_the_pass_the_previous_one_ended_with(tmp_path,
+                                                                             batch_stats):
+    """Normal then reduce in one event: the reduce decision's `acc_before` is the normal
+    decision's `acc_after` without a second pass (nothing changed between them), equal to
+    the bit to a fresh pass; after tuning (weights changed) the selector evaluates again."""
+    from tfnas.search import SearchLoop
+    from tfnas.selection import PerturbationSelector
+    loop = SearchLoop(tiny_config(str(tmp_path), limit_examples=200), str(tmp_path / "run"),
+                      tf.distribute.get_strategy(), log=lambda s: None)
+    sel = PerturbationSelector(loop, SelectConfig(score_batches=2, bn_batch_stats=batch_stats,
+                                                  tune_epochs_per_decision=1),
+                               str(tmp_path / "sel"), log=lambda s: None)
+    calls = []
+    evaluate = loop.evaluate
+    loop.evaluate = lambda *a, **k: calls.append(1) or evaluate(*a, **k)
+    normal = sel.decide_op("normal", 0)
+    assert len(calls) == 2 + 2  # before, two candidates, after
+    reduce = sel.decide_op("reduce", 1)
+    assert len(calls) == 4 + 3  # two candidates, after: `before` is normal's `after`
+    assert reduce["acc_before"] == normal["acc_after"]
+    fresh = evaluate(2, batch_stats)
+    assert sel.score() == fresh  # bit-equal: same masks, weights and batches
+    assert len(calls) == 7
+    sel.tune_after(0)
+    sel.score()
+    assert len(calls) == 8

@@ -158,7 +158,7 @@ class PerturbationSelector:
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
-        self.restored_event, self._writer = -1, None
+        self.restored_event, self._writer, self._last_score = -1, None, None
         self._t_start, self._first = time.time(), 0
         self.checkpointer = Checkpointer(os.path.join(folder, "checkpoints"),
                                          loop.state_variables(), keep=2)
@@ -166,8 +166,18 @@ class PerturbationSelector:
 
     # --- scoring ---------------------------------------------------------------------------
     def score(self):
-        """The supernet's (loss, accuracy) on the alpha split under the current masks."""
-        return self.loop.evaluate(self.config.score_batches, self.config.bn_batch_stats)
+        """The supernet's (loss, accuracy) on the alpha split under the current masks. A
+        second call with nothing changed in between (alphas, masks, the scoring graph; the
+        weights change only in `tune_after`, which forgets the result) returns the first
+        call's result: an event's next decision starts where the previous one ended (BN
+        uses batch statistics or frozen running ones, so the pass gives the same numbers)."""
+        key = (id(self.loop._eval_fn),) + tuple(
+            v.numpy().tobytes() for t in self.space.cell_types
+            for v in self.loop.model.arch(t).weights)
+        if self._last_score is None or self._last_score[0] != key:
+            self._last_score = (key, self.loop.evaluate(self.config.score_batches,
+                                                        self.config.bn_batch_stats))
+        return self._last_score[1]
 
     def decide_op(self, ctype, edge):
         return self.decide("op", ctype, edge)
@@ -187,6 +197,7 @@ class PerturbationSelector:
     def tune_after(self, i):
         """Progressive tuning after decision event `i` (one epoch after the last event)."""
         epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
+        self._last_score = None  # the weights change
         tune_supernet(self.loop, epochs, self.config.tune_lr, data_base=10_000 + i * 100,
                       log=self.log, writer=self._writer, step_base=i * 1000)
 
@@ -195,6 +206,7 @@ class PerturbationSelector:
         """Loads the last checkpointed decision event (if any) and drops log rows after it;
         returns the index of the next event to run."""
         os.makedirs(self.folder, exist_ok=True)
+        self._last_score = None
         state = self.checkpointer.restore_latest()
         self.restored_event = state["event"] if state else -1
         if state is None and get_selector(self.config.selector).decides:
