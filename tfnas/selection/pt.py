@@ -171,13 +171,14 @@ class PerturbationSelector:
         weights change only in `tune_after`, which forgets the result) returns the first
         call's result: an event's next decision starts where the previous one ended (BN
         uses batch statistics or frozen running ones, so the pass gives the same numbers)."""
-        key = (id(self.loop._eval_fn),) + tuple(
-            v.numpy().tobytes() for t in self.space.cell_types
-            for v in self.loop.model.arch(t).weights)
-        if self._last_score is None or self._last_score[0] != key:
-            self._last_score = (key, self.loop.evaluate(self.config.score_batches,
-                                                        self.config.bn_batch_stats))
-        return self._last_score[1]
+        fn = self.loop._eval_fn  # the object itself: an id could be reused by a new graph
+        key = tuple(v.numpy().tobytes() for t in self.space.cell_types
+                    for v in self.loop.model.arch(t).weights)
+        last = self._last_score
+        if last is None or last[0] is not fn or last[1] != key:
+            self._last_score = last = (fn, key, self.loop.evaluate(
+                self.config.score_batches, self.config.bn_batch_stats))
+        return last[2]
 
     def decide_op(self, ctype, edge):
         return self.decide("op", ctype, edge)
