@@ -13,21 +13,7 @@ from tfnas.ops import conv
 from tfnas.ops.layers import FactorizedReduce
 
 
-def _shift_and_sum(x, kernel, stride, dilation):
-    """The PyTorch-padded depthwise conv as a sum of shifted, scaled copies of the input."""
-    k = kernel.shape[0]
-    p = (k - 1) * dilation // 2
-    h, w = x.shape[1], x.shape[2]
-    xp = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-    ho, wo = (h + 2 * p - (k - 1) * dilation - 1) // stride + 1, \
-        (w + 2 * p - (k - 1) * dilation - 1) // stride + 1
-    out = 0.0
-    for i in range(k):
-        for j in range(k):
-            r, c = i * dilation, j * dilation
-            window = xp[:, r:r + (ho - 1) * stride + 1:stride, c:c + (wo - 1) * stride + 1:stride]
-            out = out + window * kernel[i, j, :, 0]
-    return out
+_shift_and_sum = conv.shift_and_sum_depthwise
 
 
 def _value_and_grads(fn, x, kernel, upstream):
@@ -132,3 +118,14 @@ def test_dilated_depthwise_gradients_in_bfloat16():
         x, kernel, upstream)
     for name, g, r in zip(("output", "d/dx", "d/dkernel"), got, want):
         np.testing.assert_allclose(g, r, atol=0.03 * np.abs(r).max(), err_msg=name)
+
+
+def test_gradient_gap_is_small_here_and_large_for_the_undilated_kernel(monkeypatch):
+    """What tools/gpu_check.py reports on a GPU: ~1e-7 for right gradients, ~1 for a kernel
+    that drops the dilation in its gradient (here: the native kernel differentiated)."""
+    assert conv.gradient_gap() < 1e-5
+    if not conv._onednn_cpu():
+        pytest.skip("the native dilated kernel runs on oneDNN CPUs only")
+    monkeypatch.setattr(conv, "_dilated_same",
+                        lambda x, kernel, dilation: conv._native(x, kernel, 1, "SAME", dilation))
+    assert conv.gradient_gap() > 0.1

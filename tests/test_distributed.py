@@ -218,6 +218,8 @@ def test_gpu_check_dry_run_on_two_logical_cpus(tmp_path):
                for run in r["runs"].values())
     assert r["pt_decision"]["ops_scored"] == 7
     assert r["pt_decision"]["choice"] != "none"
+    assert r["dilated_conv_gradient_gap"]["float32"] < 1e-4
+    assert r["dilated_conv_gradient_gap"]["bfloat16"] < 0.05
 
 
 _STATE_SCRIPT = r"""

@@ -10,7 +10,11 @@ On every visible GPU under `MirroredStrategy` (or, for a dry run, on N logical C
   4. one whole PT op decision on the mirrored supernet (score before, every op masked, after);
   5. steps 1-3 again under `--mixed_precision=mixed_bfloat16` and `mixed_float16` (img/s,
      finite loss, alphas identical; float32 alphas, BN statistics and loss; float16 with
-     dynamic loss scaling, its final scale reported).
+     dynamic loss scaling, its final scale reported);
+  6. the dilated depthwise convolution's output and gradients on the first device against a
+     shift-and-sum reference (`tfnas.ops.conv.gradient_gap`, float32 and bfloat16): TF's
+     oneDNN gradient kernels ignore the dilation, and what a GPU kernel does is checked
+     here, not assumed.
 
 Prints one JSON object (also written to --out).
 
@@ -123,6 +127,10 @@ def main():
                                     os.path.join(tmp, "selection"), log=lambda s: None)
     t0 = time.time()
     row = selector.decide_op(loop.space.cell_types[0], 0)
+    seconds = time.time() - t0
+    from tfnas.ops.conv import gradient_gap
+    with tf.device(devices[0]):
+        gaps = {d: gradient_gap(dtype=getattr(tf, d)) for d in ("float32", "bfloat16")}
     report = {
         "devices": devices, "replicas": replicas, "gpus_visible": len(gpus),
         "config": {"space": "darts", "channels": a.channels, "layers": a.layers,
@@ -131,7 +139,8 @@ def main():
         "alphas_identical": all(r["alphas_identical"] for r in runs.values()),
         "loss_finite": all(r["loss_finite"] for r in runs.values()),
         "memory": _memory(devices),
-        "pt_decision": {"seconds": time.time() - t0, "choice": row["choice"],
+        "dilated_conv_gradient_gap": gaps,
+        "pt_decision": {"seconds": seconds, "choice": row["choice"],
                         "ops_scored": len(row["scores"]), "batches": a.decision_batches},
         "versions": {"tensorflow": tf.__version__},
     }
@@ -139,7 +148,9 @@ def main():
     with open(a.out, "w") as f:
         f.write(text + "\n")
     print(text)
-    ok = report["alphas_identical"] and report["loss_finite"]
+    # bfloat16 keeps ~3 significant digits; a dropped dilation shows as a gap near 1
+    ok = (report["alphas_identical"] and report["loss_finite"]
+          and gaps["float32"] < 1e-4 and gaps["bfloat16"] < 0.05)
     sys.exit(0 if ok else 1)
 
 

@@ -138,3 +138,50 @@ def depthwise_conv2d(x, kernel, stride=1, dilation=1):
     if _can_run_native_dilated(x, k, dilation):
         return _dilated_same(x, kernel, dilation)
     return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[dilation] * 2)
+
+
+def shift_and_sum_depthwise(x, kernel, stride=1, dilation=1):
+    """`depthwise_conv2d` as a sum of shifted, scaled slices of the padded input: slow, but
+    made of ops whose gradients involve no convolution kernel. The reference that
+    tests/test_conv.py and tools/gpu_check.py compare against."""
+    k = int(kernel.shape[0])
+    p = _pad(k, dilation)
+    h, w = _static_hw(x)
+    xp = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+    span = (k - 1) * dilation + 1
+    ho, wo = (h + 2 * p - span) // stride + 1, (w + 2 * p - span) // stride + 1
+    out = 0.0
+    for i in range(k):
+        for j in range(k):
+            r, c = i * dilation, j * dilation
+            window = xp[:, r:r + (ho - 1) * stride + 1:stride, c:c + (wo - 1) * stride + 1:stride]
+            out = out + window * kernel[i, j, :, 0]
+    return out
+
+
+def gradient_gap(size=8, channels=3, dtype=tf.float32, seed=0):
+    """The largest relative gap between `depthwise_conv2d`'s output / input gradient / kernel
+    gradient and the shift-and-sum reference's, over dilation 2, stride 1 and 2, kernels 3
+    and 5, on the current default device (a wrong dilation in a gradient shows as ~1)."""
+    rng = tf.random.Generator.from_seed(seed)
+    worst = 0.0
+    for stride in (1, 2):
+        for k in (3, 5):
+            x = rng.normal((2, size, size + 2, channels))
+            kernel = rng.normal((k, k, channels, 1))
+            up = rng.normal(shift_and_sum_depthwise(x, kernel, stride, 2).shape)
+            pair = []
+            for fn in (depthwise_conv2d, shift_and_sum_depthwise):
+                @tf.function
+                def run(x, kernel, fn=fn):
+                    with tf.GradientTape() as tape:
+                        tape.watch([x, kernel])
+                        y = tf.cast(fn(tf.cast(x, dtype), tf.cast(kernel, dtype), stride, 2),
+                                    tf.float32)
+                        loss = tf.reduce_sum(y * up)
+                    return [y] + tape.gradient(loss, [x, kernel])
+                pair.append(run(x, kernel))
+            for got, want in zip(*pair):
+                scale = float(tf.reduce_max(tf.abs(want)))
+                worst = max(worst, float(tf.reduce_max(tf.abs(got - want))) / max(scale, 1e-12))
+    return worst
