@@ -54,11 +54,15 @@ def test_select_on_two_replicas_makes_the_one_device_decisions(searched, tmp_pat
         assert out.returncode == 0, out.stderr[-3000:]
         rows[name] = [json.loads(line) for line in open(wd / "selection" / "scores.jsonl")]
     assert len(rows["one"]) == len(rows["two"]) > 0
-    for a, b in zip(rows["one"], rows["two"]):
+    for i, (a, b) in enumerate(zip(rows["one"], rows["two"])):
         assert a.get("choice") == b.get("choice") and a.get("kept_inputs") == b.get(
             "kept_inputs"), (a, b)
-        for op, s in a.get("scores", {}).items():  # the loss: continuous, unlike accuracy
-            assert abs(s["loss"] - b["scores"][op]["loss"]) < 1e-3, (a, b)
+        # the loss: continuous, unlike accuracy. The first event's scores differ by rounding
+        # only (~5e-7); each tuning epoch between events amplifies the replicas' other
+        # summation order (measured 2026-12-02: 5e-7 for 6 events, then 5e-5, 4e-4, 1.6e-3)
+        bound = 1e-5 if i == 0 else 1e-2
+        for op, s in a.get("scores", {}).items():
+            assert abs(s["loss"] - b["scores"][op]["loss"]) < bound, (i, a, b)
 
 
 def _free_ports(n):
