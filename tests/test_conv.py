@@ -16,15 +16,7 @@ from tfnas.ops.layers import FactorizedReduce
 _shift_and_sum = conv.shift_and_sum_depthwise
 
 
-def _value_and_grads(fn, x, kernel, upstream):
-    @tf.function
-    def run():
-        with tf.GradientTape() as tape:
-            tape.watch([x, kernel])
-            y = fn(x, kernel)
-            loss = tf.reduce_sum(y * upstream)
-        return (y,) + tuple(tape.gradient(loss, [x, kernel]))
-    return [t.numpy() for t in run()]
+_value_and_grads = conv.value_and_grads
 
 
 @pytest.mark.parametrize("native", [True, False])
