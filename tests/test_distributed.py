@@ -211,7 +211,7 @@ def test_gpu_check_dry_run_on_two_logical_cpus(tmp_path):
                           # 16-bit only: float32 mirrored steps are the other slow tests'
                           # subject, and each precision traces for minutes on 2 cores
                           "--precisions=mixed_bfloat16,mixed_float16",
-                          f"--out={out_json}"], capture_output=True, text=True, timeout=900,
+                          f"--out={out_json}"], capture_output=True, text=True, timeout=1800,
                          env=_env(), cwd=os.path.join(HERE, ".."))
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out_json.read_text())
