@@ -97,3 +97,77 @@ def test_avg_pool_stride2_odd_sizes_match_a_nanmean_reference():
     ref = np.array([[np.nanmean(xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :], axis=(1, 2))
                      for j in range(5)] for i in range(4)]).transpose(2, 0, 1, 3)
     np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+FOLDING = [(name, stride, affine) for name in OPS.names() for stride in (1, 2)
+           for affine in (True, False) if build_op(name, 4, stride, affine).folds_scale]
+
+
+@pytest.mark.parametrize("name,stride,affine", FOLDING)
+def test_a_scale_folded_into_the_last_bn_equals_the_product(name, stride, affine):
+    """`op(x, scale_by=OutputScale(w))` is `w * op(x)`: outputs, every gradient (x, w, the
+    op's kernels) and the BN statistics, in training and in inference."""
+    from tfnas.ops.norm import OutputScale
+    keras.utils.set_random_seed(3)
+    c = 8
+    op = build_op(name, c, stride, affine, pool_bn=True)
+    x = tf.random.normal((4, 9 if stride == 2 else 8, 8, c))
+    op(x)
+    dy = tf.random.normal(op.compute_output_shape(x.shape)[:3] + (c,))
+    w = tf.constant(0.37)
+    stats = [v for v in op.non_trainable_variables]
+    for training in (True, False):
+        results = []
+        for fold in (False, True):
+            before = [v.numpy().copy() for v in stats]
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = op(x, training=training, scale_by=OutputScale(w)) if fold \
+                    else w * op(x, training=training)
+            grads = tape.gradient(y, [x, w] + op.trainable_weights, output_gradients=dy)
+            results.append(([y] + grads, [v.numpy().copy() for v in stats]))
+            for v, b in zip(stats, before):
+                v.assign(b)
+        (plain, plain_stats), (folded, folded_stats) = results
+        assert len(plain) == len(folded) == 3 + len(op.trainable_weights)
+        for a, b in zip(plain, folded):
+            scale = float(tf.reduce_max(tf.abs(a)))
+            assert scale > 0
+            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-6 * scale, rtol=1e-5)
+        for a, b in zip(plain_stats, folded_stats):
+            np.testing.assert_array_equal(a, b)  # statistics do not depend on the scale
+
+
+def test_a_mixed_op_multiplies_only_the_ops_without_a_bn():
+    """The DARTS mixed op's weights are folded into each op's last BN: its traced forward
+    and backward hold one output-sized multiply per op without a BN (skip_connect at
+    stride 1) instead of one per op, and compute the same numbers."""
+    import tfnas.supernet.mixed as mixed
+    from tfnas.spaces import get_space
+    names = get_space("darts").cells["normal"].ops[0]
+    keras.utils.set_random_seed(0)
+    m = mixed.MixedOp(names, 8, 1)
+    x = tf.random.normal((4, 8, 8, 8))
+    m(x, tf.fill([len(names)], 0.125), training=True)
+    weights = tf.nn.softmax(tf.random.normal([len(names)]))
+    out = {}
+    for fold in (False, True):
+        def fn(x, w):
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                y = m.plain_call(x, w, True, None)
+                loss = tf.reduce_sum(y * y)
+            return y, tape.gradient(loss, w)
+        mixed.FOLD_WEIGHTS = fold
+        try:
+            graph = tf.function(fn).get_concrete_function(x, weights).graph
+            big_muls = [op for op in graph.get_operations() if op.type == "Mul"
+                        and op.outputs[0].shape.rank == 4]
+            out[fold] = (len(big_muls), [t.numpy() for t in fn(x, weights)])
+        finally:
+            mixed.FOLD_WEIGHTS = True
+    live = [n for n in names if n != "none"]
+    assert out[False][0] >= 3 * len(live)  # w*y forward, w*dy and dy*y backward per op
+    assert out[True][0] <= 3 * sum(n == "skip_connect" for n in live) + 2  # + loss y*y
+    for a, b in zip(out[False][1], out[True][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())

@@ -32,7 +32,13 @@ def _inverse_window_counts(h, w):
 
 
 class OpLayer(keras.layers.Layer):
-    """Base of the candidate ops: holds channels/stride/affine and their config."""
+    """Base of the candidate ops: holds channels/stride/affine and their config.
+
+    An op whose output comes out of a BN sets `folds_scale`: it takes `scale_by` (an
+    `OutputScale`) and returns `scale_by * op(x)` with the product folded into that BN
+    (what a mixed op's weight costs then: nothing but a per-channel scale)."""
+
+    folds_scale = False
 
     def __init__(self, channels, stride=1, affine=True, **kwargs):
         super().__init__(**kwargs)
@@ -109,13 +115,15 @@ class FactorizedReduce(OpLayer):
         self.k2 = self.kernel((1, 1, c_in, half), "conv_2")
         self.bn.build(self.compute_output_shape(input_shape))
 
-    def call(self, x, training=False):
+    folds_scale = True
+
+    def call(self, x, training=False, scale_by=None):
         x = tf.nn.relu(x)
         h, w = x.shape[1], x.shape[2]
         if h is None or w is None:
             shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
             y = tf.concat([conv2d(x, self.k1, 2), conv2d(shifted, self.k2, 2)], axis=-1)
-            return self.bn(y, training=training)
+            return self.bn(y, training=training, scale_by=scale_by)
         # Both 1x1 convs as one 2x2 stride-2 conv: k1 on the window's top-left pixel into the
         # first half of the channels, k2 on its bottom-right one into the second (the
         # other taps are exact zeros). Four times the multiply-adds, but no strided slice,
@@ -128,7 +136,7 @@ class FactorizedReduce(OpLayer):
         kernel = (tf.pad(self.k1, [[0, 1], [0, 1], [0, 0], [0, half]])
                   + tf.pad(self.k2, [[1, 0], [1, 0], [0, 0], [half, 0]]))
         y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 2, "VALID")
-        return self.bn(y, training=training)
+        return self.bn(y, training=training, scale_by=scale_by)
 
 
 @serializable
@@ -145,8 +153,11 @@ class ReLUConvBN(OpLayer):
         self.k = self.kernel((k, k, int(input_shape[-1]), self.channels), "conv")
         self.bn.build(self.compute_output_shape(input_shape))
 
-    def call(self, x, training=False):
-        return self.bn(conv2d(tf.nn.relu(x), self.k, self.stride), training=training)
+    folds_scale = True
+
+    def call(self, x, training=False, scale_by=None):
+        return self.bn(conv2d(tf.nn.relu(x), self.k, self.stride), training=training,
+                       scale_by=scale_by)
 
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size}
@@ -172,11 +183,14 @@ class DilConv(OpLayer):
             self.pw.append(self.kernel((1, 1, c_in if i == 0 else c, c), f"pointwise_{i}"))
             self.bns[i].build(out_shape)
 
-    def call(self, x, training=False):
+    folds_scale = True
+
+    def call(self, x, training=False, scale_by=None):
         for i in range(self.repeats):
             stride = self.stride if i == 0 else 1
             x = depthwise_conv2d(tf.nn.relu(x), self.dw[i], stride, self.dilation)
-            x = self.bns[i](conv2d(x, self.pw[i]), training=training)
+            x = self.bns[i](conv2d(x, self.pw[i]), training=training,
+                            scale_by=scale_by if i == self.repeats - 1 else None)
         return x
 
     def get_config(self):
@@ -195,6 +209,7 @@ class Pool(OpLayer):
             raise ValueError(f"Pool kind must be 'max' or 'avg', got {kind!r}")
         self.kind, self.use_bn = kind, bool(bn)
         self.bn = BatchNorm(affine=self.affine, name="bn") if self.use_bn else None
+        self.folds_scale = self.use_bn
 
     def build(self, input_shape):
         if self.bn is not None:
@@ -213,9 +228,11 @@ class Pool(OpLayer):
         total = tf.nn.avg_pool2d(tf.pad(x, pads), 3, 2, "VALID")
         return total * tf.constant(_inverse_window_counts(x.shape[1], x.shape[2]), x.dtype)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, scale_by=None):
         y = self._pool(x)
-        return self.bn(y, training=training) if self.bn is not None else y
+        if self.bn is not None:
+            return self.bn(y, training=training, scale_by=scale_by)
+        return y if scale_by is None else y * tf.cast(scale_by.value, y.dtype)
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind, "bn": self.use_bn}

@@ -12,6 +12,19 @@ import tensorflow as tf
 from tfnas.ops.registry import serializable
 
 
+class OutputScale:
+    """A scalar that multiplies a layer's output, folded into its last BN: the kernel's
+    scale and offset become `scale * s`, `offset * s`, so `s * op(x)` costs no extra pass
+    over the output, forward or backward (the gradient of `s` is the sum of the scale's
+    gradient, which the fused BN gradient computes anyway). A plain object rather than a
+    tensor, so Keras's autocast leaves the (float32) value alone under a mixed policy."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
 @serializable
 class BatchNorm(keras.layers.Layer):
     """Fused NHWC batch normalization.
@@ -46,7 +59,12 @@ class BatchNorm(keras.layers.Layer):
         self.moving_variance = self.add_weight(
             shape=(c,), initializer="ones", trainable=False, name="moving_variance")
 
-    def _scale_offset(self, c):
+    def _scale_offset(self, c, scale_by=None):
+        if scale_by is not None:
+            s = tf.cast(scale_by.value, tf.float32)
+            if self.affine:
+                return self.gamma.value * s, self.beta.value * s
+            return tf.broadcast_to(s, (c,)), tf.zeros((c,), tf.float32)
         if self.affine:
             return self.gamma.value, self.beta.value
         return tf.ones((c,), tf.float32), tf.zeros((c,), tf.float32)
@@ -56,9 +74,10 @@ class BatchNorm(keras.layers.Layer):
         self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
         self.moving_variance.assign(self.moving_variance * (1.0 - m) + var * m)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, scale_by=None):
+        """`scale_by`: an `OutputScale` multiplying the output (None: 1)."""
         c = x.shape[-1]
-        scale, offset = self._scale_offset(c)
+        scale, offset = self._scale_offset(c, scale_by)
         if not training:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x, scale, offset, mean=self.moving_mean.value,

@@ -8,6 +8,7 @@ from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 from tfnas.registry import Registry
 from tfnas.ops import Zero, build_op, serializable
+from tfnas.ops.norm import OutputScale
 
 
 @serializable
@@ -164,9 +165,9 @@ class MixedOp(keras.layers.Layer):
         zeros = lambda: tf.zeros(out_shape, x.dtype)  # noqa: E731
         live = range(len(self.ops)) if live_ops is None else live_ops
         total = None
-        # mixing weights come in float32 (softmax of float32 alphas); ops compute in the
-        # layer's dtype (bfloat16/float16 under a mixed policy)
-        per_op = tf.unstack(tf.cast(weights, x.dtype))  # one op (and one in the gradient) instead of a slice each
+        # mixing weights come in float32 (softmax of float32 alphas), one unstack (and one
+        # op in the gradient) instead of a slice each
+        per_op = tf.unstack(weights)
         for k in live:
             op, wk = self.ops[k], per_op[k]
             if isinstance(op, Zero):
@@ -174,7 +175,7 @@ class MixedOp(keras.layers.Layer):
             if self.skip_zero:
                 y = _unless_zero(op, wk, x, training, zeros)
             else:
-                y = wk * op(x, training=training)
+                y = weighted(op, wk, x, training)
             total = y if total is None else total + y
         return zeros() if total is None else total  # a removed edge
 
@@ -182,6 +183,19 @@ class MixedOp(keras.layers.Layer):
         return {**super().get_config(), "op_names": self.op_names, "channels": self.channels,
                 "stride": self.stride, "affine": self.affine, "pool_bn": self.pool_bn,
                 "skip_zero": self.skip_zero}
+
+
+FOLD_WEIGHTS = True  # False: w * op(x) as a separate product (for A/B timing only)
+
+
+def weighted(op, wk, x, training):
+    """wk * op(x). An op ending in a BN takes the float32 weight into that BN's scale and
+    offset (`OutputScale`): no multiply over the output and none in the gradient (its
+    weight's gradient comes out of the BN gradient's scale term). Others multiply in their
+    compute dtype (bfloat16/float16 under a mixed policy)."""
+    if FOLD_WEIGHTS and op.folds_scale:
+        return op(x, training=training, scale_by=OutputScale(wk))
+    return tf.cast(wk, x.dtype) * op(x, training=training)
 
 
 def _unless_zero(op, wk, x, training, zeros):
@@ -194,7 +208,7 @@ def _unless_zero(op, wk, x, training, zeros):
     before = [scope.get_current_value(v) for v in state]
 
     def run():
-        y = wk * op(x, training=training)
+        y = weighted(op, wk, x, training)
         return [y] + [scope.get_current_value(v) for v in state]
 
     out = tf.cond(tf.not_equal(wk, 0.0), run, lambda: [zeros()] + before)
