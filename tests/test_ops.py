@@ -171,3 +171,23 @@ def test_a_mixed_op_multiplies_only_the_ops_without_a_bn():
     assert out[True][0] <= 3 * sum(n == "skip_connect" for n in live) + 2  # + loss y*y
     for a, b in zip(out[False][1], out[True][1]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+def test_synchronized_bn_folds_the_scale_too():
+    """The all-reduced BN (`--sync_bn`) takes the folded scale the same way as the kernel."""
+    from tfnas.ops.norm import OutputScale
+
+    class OneReplica:  # all_reduce over one replica: the values themselves
+        def all_reduce(self, op, values):
+            return values
+
+    for affine in (False, True):
+        bn = BatchNorm(affine=affine, synchronized=True)
+        x = tf.random.normal((4, 5, 5, 6)) * 3.0 + 1.0
+        bn.build(x.shape)
+        w = tf.constant(-0.8)
+        plain = w * bn._sync_call(x, *bn._scale_offset(6), OneReplica())
+        folded = bn._sync_call(x, *bn._scale_offset(6, OutputScale(w)), OneReplica())
+        np.testing.assert_allclose(folded.numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
+        kernel = bn(x, training=True, scale_by=OutputScale(w))  # one replica: the fused path
+        np.testing.assert_allclose(kernel.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
