@@ -115,7 +115,7 @@ def test_a_scale_folded_into_the_last_bn_equals_the_product(name, stride, affine
     op(x)
     dy = tf.random.normal(op.compute_output_shape(x.shape)[:3] + (c,))
     w = tf.constant(0.37)
-    stats = [v for v in op.non_trainable_variables]
+    stats = list(op.non_trainable_variables)
     for training in (True, False):
         results = []
         for fold in (False, True):
@@ -191,3 +191,17 @@ def test_synchronized_bn_folds_the_scale_too():
         np.testing.assert_allclose(folded.numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
         kernel = bn(x, training=True, scale_by=OutputScale(w))  # one replica: the fused path
         np.testing.assert_allclose(kernel.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_op_that_is_any_keras_layer_is_multiplied():
+    """docs/EXTENDING.md allows any Keras layer as an op: one without `folds_scale` is
+    weighted by a plain product."""
+    import tfnas.supernet.mixed as mixed
+
+    class Double(keras.layers.Layer):
+        def call(self, x, training=False):
+            return 2.0 * x
+
+    x = tf.random.normal((2, 4, 4, 3))
+    y = mixed.weighted(Double(), tf.constant(0.25), x, True)
+    np.testing.assert_allclose(y.numpy(), 0.5 * x.numpy(), rtol=1e-6)

@@ -192,8 +192,9 @@ def weighted(op, wk, x, training):
     """wk * op(x). An op ending in a BN takes the float32 weight into that BN's scale and
     offset (`OutputScale`): no multiply over the output and none in the gradient (its
     weight's gradient comes out of the BN gradient's scale term). Others multiply in their
-    compute dtype (bfloat16/float16 under a mixed policy)."""
-    if FOLD_WEIGHTS and op.folds_scale:
+    compute dtype (bfloat16/float16 under a mixed policy). A user op may be any Keras layer:
+    without `folds_scale` it is multiplied."""
+    if FOLD_WEIGHTS and getattr(op, "folds_scale", False):
         return op(x, training=training, scale_by=OutputScale(wk))
     return tf.cast(wk, x.dtype) * op(x, training=training)
 
