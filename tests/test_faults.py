@@ -29,6 +29,9 @@ def _snapshot(root):
     for dirpath, _, files in os.walk(root):
         for f in files:
             p = os.path.join(dirpath, f)
+            if os.path.islink(p):  # the sandbox's loops and dangling links: their targets
+                out[os.path.relpath(p, root)] = "-> " + os.readlink(p)
+                continue
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
     return out
@@ -54,6 +57,14 @@ def sandbox(tmp_path):
     _image_folder(tmp_path / "split_folder" / "train", classes=("cat", "dog"))
     _image_folder(tmp_path / "split_folder" / "test", classes=("cat", "cow"))
     (tmp_path / "space.json").write_text(open(write_tiny_space(str(tmp_path / "sp"))).read())
+    (tmp_path / "table.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "latin1.cfg").write_bytes(b"# caf\xe9 settings\n--epochs=2\n")
+    g = json.loads(open(os.path.join(HERE, "..", "export", "darts_v2.json")).read())
+    g["cells"]["normal"]["conact"] = g["cells"]["normal"].pop("concat")
+    (tmp_path / "typo_genotype.json").write_text(json.dumps(g))
+    os.symlink("loop_b", tmp_path / "loop_a")
+    os.symlink("loop_a", tmp_path / "loop_b")
+    os.symlink("/nonexistent-disk/runs", tmp_path / "dangling")
     return tmp_path
 
 
@@ -135,8 +146,37 @@ CASES = {
     "test classes differ": (["search", "--dataset=folder:{sb}/split_folder",
                              "--workdir={sb}/r"], 1, "differ from the training classes",
                             "{sb}/r"),
-    "missing folder dataset": (["search", "--dataset=folder:{sb}/nope", "--workdir={sb}/r"], 1,
+    "missing folder dataset": (["search", "--dataset=folder:{sb}/nope", "--workdir={sb}/r"], 2,
                                "does not exist", "{sb}/r"),
+    "missing npz dataset": (["search", "--dataset=npz:{sb}/nope.npz", "--workdir={sb}/r"], 2,
+                            "nope.npz does not exist", "{sb}/r"),
+    "csv given as npz": (["search", "--dataset=npz:{sb}/table.csv", "--workdir={sb}/r"], 1,
+                         "not an .npz archive (numpy's np.savez format) (it looks like text: "
+                         "a CSV?)", "{sb}/r"),
+    "negative seed": (["search", "--seed=-1", "--workdir={sb}/r"], 2,
+                      "--seed=-1 is invalid: expected an integer in 0..4294967295", "{sb}/r"),
+    "seed beyond 32 bits": (["train", "--genotype=darts_v2", "--seed=4294967296",
+                             "--workdir={sb}/r"], 2, "--seed=4294967296 is invalid", "{sb}/r"),
+    "select seed below -1": (["select", "--workdir={sb}/mine", "--seed=-2"], 2,
+                             "--seed=-2 is invalid: expected an integer in 0..4294967295 or -1",
+                             None),
+    "analyze negative seed": (["analyze", "shuffle", "--workdir={sb}/mine", "--seed=-5"], 2,
+                              "--seed=-5 is invalid", None),
+    "flagfile not UTF-8": (["search", "--flagfile={sb}/latin1.cfg", "--workdir={sb}/r"], 2,
+                           "latin1.cfg line 1 is not UTF-8 text (byte 0xe9 at column 6)",
+                           "{sb}/r"),
+    "genotype with an unknown key": (["train", "--genotype={sb}/typo_genotype.json",
+                                      "--workdir={sb}/r"], 2,
+                                     "cells.normal: unknown key 'conact' (did you mean "
+                                     "'concat'?)", "{sb}/r"),
+    "workdir is a symlink loop": (["search", "--workdir={sb}/loop_a"], 2,
+                                  "goes through a loop of symbolic links", None),
+    "workdir under a dangling symlink": (["search", "--workdir={sb}/dangling/run1"], 2,
+                                         "dangling is a symbolic link to /nonexistent-disk/runs, "
+                                         "which does not exist", None),
+    "select workdir is a dangling symlink": (["select", "--workdir={sb}/dangling"], 2,
+                                             "which does not exist (a disk that is not mounted?)",
+                                             None),
     "batch larger than the data": (["search", "--batch_size=5000", "--workdir={sb}/r",
                                     "--space={sb}/space.json"], 2, "larger than a split",
                                    None),

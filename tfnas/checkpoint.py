@@ -4,6 +4,12 @@ A checkpoint is one `.npz` file: every model variable (weights, alphas, selectio
 BN statistics, RNG states), every optimizer variable and a JSON `state` blob (epoch, ...).
 Variables are matched by position and shape on restore, and every one must be present, so
 nothing is silently dropped (the `tf.train.Checkpoint` trap of TF_NOTES 3).
+
+Besides the numbered checkpoints, `partial.npz` holds the state in the middle of a unit of
+work (an epoch, a selection's tuning) when a run was stopped by SIGTERM or SIGINT
+(`tfnas.interrupt`). It records which numbered checkpoint it continues (`after`) and counts
+only while that one is still the newest: a numbered save removes it, and a stale one (a kill
+between the two) is ignored and removed.
 """
 
 import glob
@@ -15,7 +21,9 @@ import tempfile
 import numpy as np
 
 from tfnas.errors import CheckpointError, TrainingError
-from tfnas.io import TMP_PREFIX, remove_stale_temps
+from tfnas.io import TMP_PREFIX, remove_stale_temps, umask_mode
+
+PARTIAL = "partial.npz"
 
 
 def _entries(groups):
@@ -54,12 +62,31 @@ class Checkpointer:
         return sorted(found)
 
     def save(self, epoch, state):
-        """Writes `ckpt-<epoch>.npz` atomically and drops the oldest beyond `keep`.
+        """Writes `ckpt-<epoch>.npz` atomically, drops the oldest beyond `keep` and any
+        partial state (the new checkpoint is newer).
 
         Raises:
             TrainingError: a variable holds NaN or inf (nothing is written: the newest
                 checkpoint on disk stays the last good one).
         """
+        self._write(self.path(epoch), state)
+        for _, old in self.list()[:-self.keep]:
+            os.unlink(old)
+        self._drop_partial()
+
+    def save_partial(self, state):
+        """Writes `partial.npz` (the state in the middle of a unit of work) atomically; it
+        continues the newest numbered checkpoint (or none)."""
+        found = self.list()
+        self._write(os.path.join(self.folder, PARTIAL),
+                    dict(state, after=found[-1][0] if found else None))
+
+    def _drop_partial(self):
+        p = os.path.join(self.folder, PARTIAL)
+        if os.path.exists(p):
+            os.unlink(p)
+
+    def _write(self, path, state):
         arrays = {k: np.asarray(v.numpy()) for k, v in _entries(self.groups)}
         bad = [k for k, a in arrays.items()
                if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a))]
@@ -77,13 +104,12 @@ class Checkpointer:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path(epoch))
+            umask_mode(tmp)  # mkstemp's 0600 -> what a plain open() would make
+            os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        for _, old in self.list()[:-self.keep]:
-            os.unlink(old)
 
     def restore(self, path):
         """Restores every variable from `path`; returns the state dict.
@@ -112,7 +138,25 @@ class Checkpointer:
             v.assign(arrays[key])
         return state
 
+    @staticmethod
+    def _peek(path):
+        """The state blob of a checkpoint file, nothing assigned (an unreadable partial
+        state counts as stale)."""
+        try:
+            with np.load(path) as f:
+                return json.loads(f["__state__"].tobytes().decode())
+        except Exception:  # noqa: BLE001
+            return {"after": "unreadable"}
+
     def restore_latest(self):
-        """Restores the newest checkpoint; returns its state or None when there is none."""
+        """Restores the newest state: the partial one if it continues the newest numbered
+        checkpoint, else that checkpoint; returns its state (None when there is none). A
+        restored partial state keeps its `after` key."""
         found = self.list()
+        newest = found[-1][0] if found else None
+        partial = os.path.join(self.folder, PARTIAL)
+        if os.path.exists(partial):
+            if self._peek(partial).get("after") == newest:
+                return self.restore(partial)
+            os.unlink(partial)  # a kill between a numbered save and the removal
         return self.restore(found[-1][1]) if found else None

@@ -6,6 +6,7 @@ parsed with absl's argparse_flags, so `--flagfile=configs/x.cfg` works after the
     tfnas search --flagfile=configs/quickstart.cfg --workdir=runs/quickstart
 """
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -18,7 +19,9 @@ from tfnas.distribute import is_lost_peer, lost_peer_message  # noqa: F401 (API)
 from tfnas.errors import TfnasError, UsageError
 from tfnas.flagfiles import FLAG_LINE as _FLAG_LINE
 from tfnas.flagfiles import expand_flagfiles  # noqa: F401 (part of the CLI's API)
+from tfnas.interrupt import STOP, Interrupted
 from tfnas.io import check_folder
+from tfnas.runlock import workdir_lock
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
@@ -53,8 +56,9 @@ _bool.__name__ = "boolean"
 def add_config_flags(parser, config_cls):
     """One flag per dataclass field: type from the default, help from the metadata."""
     for f in dataclasses.fields(config_cls):
-        kw = {"default": f.default, "help": f.metadata.get("help", "") +
-              f" (default: {f.default!r})"}
+        # argparse %-formats help text: a literal % must be doubled
+        kw = {"default": f.default, "help": (f.metadata.get("help", "") +
+                                             f" (default: {f.default!r})").replace("%", "%%")}
         if isinstance(f.default, bool):
             kw.update(type=_bool, nargs="?", const=True)
         else:
@@ -62,6 +66,9 @@ def add_config_flags(parser, config_cls):
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]
         parser.add_argument(f"--{f.name}", **kw)
+        if isinstance(f.default, bool):  # absl's --noNAME, as in flagfiles
+            parser.add_argument(f"--no{f.name}", dest=f.name, action="store_false",
+                                help=argparse.SUPPRESS)
 
 
 def _config_from_args(args, config_cls):
@@ -223,7 +230,8 @@ def cmd_select(args):
     check_folder(args.workdir, "--workdir", must_exist=True)
     strategy, _ = make_strategy(args.strategy, args.cpu_devices)  # before devices initialise
     config = _config_from_args(args, SelectConfig).validate()
-    genotype = run_select(args.workdir, config, args.overwrite, strategy)
+    with workdir_lock(args.workdir, "select"):
+        genotype = run_select(args.workdir, config, args.overwrite, strategy)
     print(f"genotype: {os.path.join(args.workdir, 'genotype.json')}")
     if "budget" in genotype.meta:
         b = genotype.meta["budget"]
@@ -245,6 +253,17 @@ def cmd_analyze(args):
     for name in ("patience", "random_edges", "score_batches"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected 0 or more")
+    from tfnas.config import check_seed
+    check_seed(args.seed)
+    with workdir_lock(args.workdir, f"analyze {args.kind}"):
+        _run_analysis(analyze, args, strategy)
+    folder = os.path.join(args.workdir, "analysis")
+    print(f"results: {os.path.join(folder, args.kind + '.json')}, "
+          f"{os.path.join(folder, args.kind + '.png')}")
+    return 0
+
+
+def _run_analysis(analyze, args, strategy):
     if args.kind == "strength":
         analyze.run_strength(args.workdir, args.edges, args.random_edges, args.max_epochs,
                              args.patience, args.tune_lr, args.ops, args.score_batches,
@@ -254,10 +273,6 @@ def cmd_analyze(args):
                             args.baseline_epochs, strategy=strategy)
     else:
         analyze.run_skip_gap(args.workdir, args.cell, args.versus)
-    folder = os.path.join(args.workdir, "analysis")
-    print(f"results: {os.path.join(folder, args.kind + '.json')}, "
-          f"{os.path.join(folder, args.kind + '.png')}")
-    return 0
 
 
 def cmd_query(args):
@@ -290,7 +305,9 @@ def cmd_train(args):
     config = _config_from_args(args, TrainConfig).validate()
     genotype = Genotype.load(args.genotype)
     strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
-    run_train(config, genotype, args.workdir, strategy, is_chief=is_chief, loop=args.loop)
+    check_folder(args.workdir, "--workdir")
+    with _chief_lock(is_chief, args.workdir, "train"):
+        run_train(config, genotype, args.workdir, strategy, is_chief=is_chief, loop=args.loop)
     if is_chief:
         print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
     return 0
@@ -302,15 +319,25 @@ def cmd_search(args):
     from tfnas.search import run_search
     config = _config_from_args(args, SearchConfig).validate()
     strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
-    genotype = run_search(config, args.workdir, args.overwrite, strategy, is_chief)
+    check_folder(args.workdir, "--workdir")
+    with _chief_lock(is_chief, args.workdir, "search"):
+        genotype = run_search(config, args.workdir, args.overwrite, strategy, is_chief)
     if is_chief:
         print(f"magnitude genotype: {os.path.join(args.workdir, 'genotype_magnitude.json')}")
     print(f"final alphas digest: {genotype.meta['alphas_digest']}", flush=True)
     return 0
 
 
+def _chief_lock(is_chief, workdir, command):
+    """The workdir's lock (tfnas.runlock), held by the chief only: the other workers of a
+    multi-worker run write nothing there."""
+    import contextlib
+    return workdir_lock(workdir, command) if is_chief else contextlib.nullcontext()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    STOP.install()  # SIGTERM / SIGINT: save at the next step boundary (tfnas.interrupt)
     try:
         for arg in argv:
             if arg.startswith("--") and arg != "--" and not _FLAG_LINE.fullmatch(arg):
@@ -323,6 +350,9 @@ def main(argv=None):
             import keras
             keras.config.disable_traceback_filtering()
         return args.handler(args)
+    except Interrupted as e:
+        print(f"tfnas: {e}", file=sys.stderr)
+        return e.exit_code
     except TfnasError as e:
         print(f"tfnas: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -360,6 +390,8 @@ def main(argv=None):
         print(f"tfnas: internal error: {type(e).__name__}: {first} (rerun with "
               f"TFNAS_TRACEBACK=1 for the traceback and report it)", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        STOP.uninstall()
 
 
 def _quiet_tensorflow_import():

@@ -157,7 +157,7 @@ def _export_data(args, model, form):
 
 
 def cmd_export(args):
-    from tfnas.export import export_model
+    from tfnas.export import check_export_out, export_model
     from tfnas.genotype import Genotype
     formats, shape = _check_export_args(args)
     genotype = Genotype.load(args.genotype)
@@ -166,9 +166,13 @@ def cmd_export(args):
     if any(type(layer).__name__ == "ImageNetStem" for layer in model.layers):
         form = "imagenet"
     calib, evaluation, meta = _export_data(args, model, form)
-    report = export_model(model, args.out, formats, args.opset, initialised=not args.weights,
-                          overwrite=args.overwrite, int8=args.int8, calibration=calib,
-                          evaluation=evaluation, meta=meta)
+    from tfnas.runlock import export_lock
+    with export_lock(args.out):
+        check_export_out(args.out, args.overwrite)  # again: another export may have finished
+        report = export_model(model, args.out, formats, args.opset,
+                              initialised=not args.weights, overwrite=args.overwrite,
+                              int8=args.int8, calibration=calib, evaluation=evaluation,
+                              meta=meta)
     print(f"exported to {args.out}: {', '.join(report['max_abs_diff'])}; parameters "
           f"{report['params']:,} (deployed: no auxiliary head, BN folded); "
           f"multiply-adds {report['macs'] / 1e6:.1f} M per image; max abs diff "

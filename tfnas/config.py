@@ -22,6 +22,39 @@ def _need(cfg, cond, name, expected):
         raise ConfigError(f"--{name}={getattr(cfg, name)!r} is invalid: expected {expected}")
 
 
+SEED_LIMIT = 2 ** 32  # numpy's and Keras's seeds: 0 .. 2**32 - 1
+INT_LIMIT = 2 ** 63
+
+
+def check_seed(value, flag="--seed", allow=()):
+    """The one seed rule of every command: an integer in 0 .. 2**32-1 (or one of `allow`,
+    e.g. -1 for 'the search's seed')."""
+    if value in allow:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or \
+            not 0 <= value < SEED_LIMIT:
+        extra = "".join(f" or {a}" for a in allow)
+        raise ConfigError(f"{flag}={value!r} is invalid: expected an integer in 0..{SEED_LIMIT - 1}"
+                          f"{extra}")
+
+
+def check_numbers(cfg, seed_allow=()):
+    """Range checks every config shares: integers within 64 bits, floats finite, seeds as
+    `check_seed`. Each field-specific rule (`validate`) comes after these."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "seed":
+            check_seed(v, allow=seed_allow)
+        elif isinstance(f.default, bool):
+            continue
+        elif isinstance(f.default, int):
+            _need(cfg, isinstance(v, int) and -INT_LIMIT < v < INT_LIMIT, f.name,
+                  "an integer within 64 bits")
+        elif isinstance(f.default, float):
+            _need(cfg, isinstance(v, (int, float)) and math.isfinite(v), f.name,
+                  "a finite number")
+
+
 def _check_choices_and_dataset(cfg):
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
@@ -113,6 +146,7 @@ class SearchConfig:
         """Raises ConfigError naming the field, the value and what is expected."""
         def need(cond, name, expected):
             _need(self, cond, name, expected)
+        check_numbers(self)
         for name in ("epochs", "batch_size", "channels", "layers", "eval_every", "ckpt_every",
                      "keep_checkpoints", "cutout_length", "steps_per_execution"):
             need(getattr(self, name) > 0, name, "a positive integer")
@@ -200,6 +234,7 @@ class TrainConfig:
     def validate(self):
         def need(cond, name, expected):
             _need(self, cond, name, expected)
+        check_numbers(self)
         for name in ("epochs", "batch_size", "channels", "layers", "cutout_length",
                      "steps_per_execution"):
             need(getattr(self, name) > 0, name, "a positive integer")

@@ -188,6 +188,21 @@ def broadcast_from_chief(strategy, is_chief, variables, state):
     return json.loads(out[0].numpy()[:length].astype(np.uint8).tobytes().decode())
 
 
+def any_worker_fn(strategy):
+    """A function `f(flag) -> bool`: whether `flag` is true on any worker (one tiny
+    all-reduce; every worker must call it at the same point). A single worker: `bool`."""
+    import tensorflow as tf
+    if num_workers(strategy) == 1:
+        return bool
+
+    @tf.function
+    def reduce(flag_t):
+        per_replica = strategy.run(lambda f: tf.identity(f), args=(flag_t,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: float(reduce(tf.constant(1.0 if flag else 0.0)).numpy()) > 0
+
+
 _PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
 
 

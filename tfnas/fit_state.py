@@ -71,7 +71,8 @@ def restore(model, folder, history_csv):
             if ".tmp-" in name:
                 shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     states = _committed(folder)
-    if not states:
+    if not states:  # a kill while the first epoch was committed: its row may be there
+        _cut_history(history_csv, 0)
         return 0
     epoch, path = states[-1]
     if model.optimizer is not None and not model.optimizer.built:

@@ -24,13 +24,22 @@ def _read_flagfile(path, seen=()):
         from tfnas.resources import find_resource
         path = find_resource("configs", path) or path
     try:
-        with open(path) as f:
-            lines = [ln.strip() for ln in f]
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise UsageError(f"--flagfile={path}: {e.strerror} (`tfnas list configs` shows the "
                          f"shipped flagfiles)") from None
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8").strip())
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--flagfile={path} line {number} is not UTF-8 text (byte "
+                             f"0x{line[e.start]:02x} at column {e.start + 1}); save the file "
+                             f"as UTF-8") from None
     out = []
     for number, ln in enumerate(lines, 1):
+        ln = ln.lstrip("\ufeff") if number == 1 else ln  # a byte-order mark
         if not ln or ln.startswith("#") or ln.startswith("//"):
             continue
         if not FLAG_LINE.fullmatch(ln):

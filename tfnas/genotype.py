@@ -25,6 +25,17 @@ FORMAT = "tfnas.genotype/1"
 DartsTuple = collections.namedtuple("DartsTuple", "normal normal_concat reduce reduce_concat")
 
 
+def _no_unknown_keys(obj, known, where):
+    """A misspelled key ('conact') would be ignored silently: refuse it, with its path."""
+    import difflib
+    for key in obj:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise GenotypeError(f"{where}: unknown key {key!r}{hint}; expected "
+                                f"{', '.join(known)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Edge:
     node: int
@@ -80,6 +91,7 @@ class Genotype:
         for key in ("space", "cells"):
             if key not in obj:
                 raise GenotypeError(f"{where}: missing key {key!r}")
+        _no_unknown_keys(obj, ("format", "space", "cells", "arch_str", "meta"), where)
         if not isinstance(obj["cells"], dict):
             raise GenotypeError(f"{where}.cells: expected an object of cell types")
         cells = {}
@@ -87,6 +99,7 @@ class Genotype:
             loc = f"{where}.cells.{ctype}"
             if not isinstance(cell, dict) or not isinstance(cell.get("edges"), list):
                 raise GenotypeError(f"{loc}: expected {{'edges': [...], 'concat': [...]}}")
+            _no_unknown_keys(cell, ("edges", "concat"), loc)
             edges = []
             for i, e in enumerate(cell["edges"]):
                 if not isinstance(e, dict) or set(e) != {"node", "input", "op"}:

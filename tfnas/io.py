@@ -10,6 +10,7 @@ Guarantees (README "What is guaranteed"):
 """
 
 import contextlib
+import errno
 import glob
 import json
 import math
@@ -152,6 +153,31 @@ def remove_stale_temps(folder):
     return n
 
 
+def check_links(path, flag):
+    """Refuses a path that goes through a symbolic link loop or a dangling link (e.g. onto a
+    disk that is not mounted): no retry could ever make such a path work.
+
+    Raises:
+        UsageError: naming the link and where it points.
+    """
+    p = os.path.abspath(path)
+    try:
+        os.path.realpath(p, strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{flag}={path} goes through a loop of symbolic links; fix the "
+                             f"links or pass another path") from None
+    prefix = os.sep
+    for part in p.split(os.sep)[1:]:
+        prefix = os.path.join(prefix, part)
+        if not os.path.lexists(prefix):
+            return
+        if os.path.islink(prefix) and not os.path.exists(prefix):
+            raise UsageError(f"{flag}={path}: {prefix} is a symbolic link to "
+                             f"{os.readlink(prefix)}, which does not exist (a disk that is not "
+                             f"mounted?); mount it, fix the link or pass another path")
+
+
 def check_folder(path, flag="--workdir", must_exist=False):
     """Refuses, with one sentence, a folder argument that is a file, that cannot be created
     or written, or (with `must_exist`) that does not exist.
@@ -161,6 +187,7 @@ def check_folder(path, flag="--workdir", must_exist=False):
     """
     if not path:
         raise UsageError(f"{flag} is empty; pass a folder path")
+    check_links(path, flag)
     p = os.path.abspath(path)
     if os.path.exists(p) and not os.path.isdir(p):
         raise UsageError(f"{flag}={path} is a file, not a folder; pass a folder path")

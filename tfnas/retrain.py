@@ -33,9 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.checkpoint import Checkpointer
-from tfnas.distribute import broadcast_from_chief, distribute_input, num_workers, \
-    sum_over_replicas
+from tfnas.distribute import any_worker_fn, broadcast_from_chief, distribute_input, \
+    num_workers, sum_over_replicas
 from tfnas.errors import TrainingError
+from tfnas.interrupt import STOP
 from tfnas.io import atomic_path, atomic_write_json, atomic_write_text, fmt_time
 
 
@@ -86,6 +87,7 @@ class RetrainLoop:
         self._steps_fn = tf.function(self._steps)
         self._average_bn_fn = tf.function(self._average_bn)
         self._eval_fn = tf.function(self._eval_step, reduce_retracing=True)  # last batch
+        self._stop_agreed = any_worker_fn(strategy)  # a stop request seen by any worker
 
     # --- the traced step ---------------------------------------------------------------------
     def _losses(self, x, y, training, prefix):
@@ -162,17 +164,25 @@ class RetrainLoop:
     def _input(self, make):
         return distribute_input(self.strategy, make, self.config.batch_size)
 
-    def train_epoch(self, epoch):
-        """One epoch; returns fit's training logs."""
+    def train_epoch(self, epoch, resume=None, state=None):
+        """One epoch; returns fit's training logs. `resume` ({"step", "metrics"}) continues
+        an epoch stopped after that step, on the batches it would have seen; on a stop
+        request (SIGTERM / SIGINT) between two steps the chief saves such a partial state
+        (with the loop `state`) and `Interrupted` is raised."""
         from tfnas.models import set_drop_path
         c = self.config
         set_drop_path(self.model, epoch / c.epochs)
+        done = int(resume["step"]) if resume else 0
+        for name, values in (resume or {}).get("metrics", {}).items():
+            for v, value in zip(self.metrics[name].variables, values):
+                v.assign(value)
         it = iter(self._input(functools.partial(
             self.pipe.train, np.arange(self.train_size), epoch,
-            cutout_prob=1.0 if c.cutout else 0.0)))
+            cutout_prob=1.0 if c.cutout else 0.0, skip_batches=done)))
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
                                   unit_name="step")
-        done = 0
+        if done:
+            bar.update(done)
         while done < self.steps:
             n = min(c.steps_per_execution, self.steps - done)
             losses = [float(v) for v in self._steps_fn(it, tf.constant(n, tf.int32))]
@@ -183,6 +193,15 @@ class RetrainLoop:
                         f"{done + j}; the last good model and checkpoint are kept. Lower --lr")
             done += len(losses)
             bar.update(done, [("loss", losses[-1])])
+            if done < self.steps and self._stop_agreed(STOP.requested):
+                where = None
+                if self.is_chief:
+                    self.checkpointer.save_partial(dict(state, partial={
+                        "step": done, "metrics": {k: [float(v.numpy()) for v in m.variables]
+                                                  for k, m in self.metrics.items()}}))
+                    where = (f"the state of epoch {epoch + 1} after step {done} is saved in "
+                             f"{self.checkpointer.folder}")
+                STOP.check(where or f"epoch {epoch + 1} stopped after step {done}", peer=True)
         if self.strategy.num_replicas_in_sync > 1 and self.bn_stats:
             self._average_bn_fn()
         return {n: float(self.metrics[n].result()) for n in self.names}
@@ -214,7 +233,12 @@ class RetrainLoop:
         history ({key: [value per epoch]})."""
         c = self.config
         state = self.resume() or {"epoch": -1, "history": {}, "best": None}
-        if state["epoch"] >= 0:
+        partial = state.pop("partial", None)
+        state.pop("after", None)
+        if partial:
+            self.log(f"resuming {self.out} in epoch {state['epoch'] + 2} after step "
+                     f"{partial['step']}")
+        elif state["epoch"] >= 0:
             self.log(f"resuming {self.out} after epoch {state['epoch'] + 1}")
         writers = {s: tf.summary.create_file_writer(os.path.join(self.out, "tb", s))
                    for s in ("train", "validation")} if self.is_chief else None
@@ -223,7 +247,7 @@ class RetrainLoop:
             t0 = time.time()
             for m in self.metrics.values():
                 m.reset_state()
-            logs = self.train_epoch(epoch)
+            logs = self.train_epoch(epoch, partial if epoch == first else None, state)
             logs.update(self.evaluate())
             for k, v in logs.items():
                 state["history"].setdefault(k, []).append(v)
@@ -234,6 +258,9 @@ class RetrainLoop:
             self.log(f"epoch {epoch + 1}/{c.epochs} | " + " ".join(
                 f"{k} {v:.4f}" for k, v in logs.items()) +
                 f" | {time.time() - t0:.1f}s  ETA {fmt_time(eta)}")
+            if epoch < c.epochs - 1:  # a request during the epoch's last step: saved above
+                STOP.check(f"the state after epoch {epoch + 1} is saved in "
+                           f"{self.checkpointer.folder}", peer=self._stop_agreed(STOP.requested))
         return state["history"]
 
     def _write(self, epoch, logs, state, writers):

@@ -210,6 +210,7 @@ def _callbacks(model, config, out, monitor):
     from tfnas.models import set_drop_path
     return [
         FiniteGuard(),  # first: a non-finite loss stops fit before any callback saves
+        StopRequestGuard(os.path.join(out, "backup")),
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
         AtomicModelSave(os.path.join(out, "model.keras")),
@@ -237,6 +238,26 @@ class FiniteGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, f"in epoch {epoch + 1}")
+
+
+class StopRequestGuard(keras.callbacks.Callback):
+    """Ends `fit` with `Interrupted` at the first batch boundary after SIGTERM / SIGINT
+    (`tfnas.interrupt`), before any epoch-end callback could commit a partial epoch: the
+    run resumes from its last committed epoch (fit keeps no state inside an epoch)."""
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup, self.epoch = backup, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        from tfnas.interrupt import STOP
+        if STOP.requested:
+            STOP.check(f"epoch {self.epoch + 1} stopped after step {batch + 1}; the epochs "
+                       f"before it are committed in {self.backup} and the rerun starts epoch "
+                       f"{self.epoch + 1} again")
 
 
 class AtomicModelSave(keras.callbacks.Callback):

@@ -101,6 +101,18 @@ DATASETS.register("svhn", _tfds("svhn_cropped", SVHN_STATS, False))
 def load_npz(spec, data_dir="", download=False, **_):
     """`npz:PATH` with arrays x_train, y_train[, x_test, y_test] (ImageNet16-120 this way)."""
     path = spec.split(":", 1)[1]
+    if not os.path.isfile(path):
+        from tfnas.errors import UsageError
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"dataset npz:{path}: {path} {what}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):  # a zip of .npy arrays, or one
+        looks = " (it looks like text: a CSV?)" if head and all(
+            32 <= b < 127 or b in (9, 10, 13) for b in head) else ""
+        raise DataError(f"cannot read npz dataset {path}: not an .npz archive (numpy's "
+                        f"np.savez format){looks}; convert it with np.savez(path, x_train=..., "
+                        f"y_train=...)")
     try:
         with np.load(path) as f:
             images = {k: _npz_images(path, f, k) for k in ("x_train", "x_test") if k in f.files}

@@ -27,7 +27,9 @@ def load_folder(spec, data_dir="", download=False, skip_bad_images=False, **_):
     """
     path = spec.split(":", 1)[1]
     if not os.path.isdir(path):
-        raise DataError(f"image folder {path} does not exist")
+        from tfnas.errors import UsageError  # a bad path: exit 2, as every bad path
+        what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+        raise UsageError(f"dataset folder:{path}: image folder {path} {what}")
     subsets = ("",)
     if os.path.isdir(os.path.join(path, "train")):  # PATH/test is optional
         subsets = ("train",) + (("test",) if os.path.isdir(os.path.join(path, "test")) else ())

@@ -122,7 +122,7 @@ class Pipeline:
         return without_model_thread(self._train_batches(indices, epoch, **kw))
 
     def _train_batches(self, indices, epoch, augment=True, cutout_prob=0.0, repeat=False,
-                       drop_remainder=True, shard=None, replica_batch=None):
+                       drop_remainder=True, shard=None, replica_batch=None, skip_batches=0):
         """Shuffled, augmented batches of the examples at `indices` for one epoch.
 
         Args:
@@ -132,6 +132,9 @@ class Pipeline:
                 exactly the global batches (and augmentations) of a one-device run.
             replica_batch: batch size of the returned batches (default: the global batch);
                 with `shard`, consecutive batches go to the worker's local replicas.
+            skip_batches: start after this many global batches (a resume in the middle of
+                an epoch): the examples are skipped before decoding, and the rest get the
+                augmentation seeds they get in an uninterrupted epoch.
         """
         x, y = self.data.x_train[indices], self.data.y_train[indices]
         keys, decode = keys_and_decode(x)  # images, or file paths / rows read after shuffling
@@ -145,6 +148,8 @@ class Pipeline:
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate()
+        if skip_batches:
+            ds = ds.skip(int(skip_batches) * self.batch_size)
         prob = float(cutout_prob)
 
         def aug(i, xy):

@@ -26,8 +26,9 @@ from tfnas.search.graphs import LoopGraphs
 from tfnas.search.optim import DynamicLossScale, MomentumSGD, TorchAdam
 from tfnas.search.workdir import alphas_digest, prepare_workdir, write_env
 from tfnas.derive import magnitude_genotype
-from tfnas.distribute import (broadcast_from_chief, distribute_input, num_workers,
-                              sum_over_replicas)
+from tfnas.distribute import (any_worker_fn, broadcast_from_chief, distribute_input,
+                              num_workers, sum_over_replicas)
+from tfnas.interrupt import STOP
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
@@ -116,6 +117,7 @@ class SearchLoop:
             self.benchmark = open_benchmark(config.benchmark_table, self.space)
         # _eval_fn, _step_fn, _steps_fn: traced functions, specialised to decided edges
         self.graphs = LoopGraphs(self)
+        self._stop_agreed = any_worker_fn(strategy)  # a stop request seen by any worker
 
     def state_variables(self):
         """Every variable a checkpoint must hold to resume exactly."""
@@ -217,13 +219,15 @@ class SearchLoop:
             return c.cutout_prob
         return c.cutout_prob * min(epoch, c.epochs - 1) / max(c.epochs - 1, 1)
 
-    def _datasets(self, epoch, data_epoch=None, tuning=False):
+    def _datasets(self, epoch, data_epoch=None, tuning=False, skip=0):
+        """The epoch's weight and alpha batches, from step `skip` on (every step takes one
+        batch of each)."""
         prob = self.cutout_prob(epoch, tuning)
         seed = epoch if data_epoch is None else data_epoch  # batch order and augmentation
         train = functools.partial(self.pipeline.train, self.train_idx, 2 * seed,
-                                  cutout_prob=prob)
+                                  cutout_prob=prob, skip_batches=skip)
         valid = functools.partial(self.pipeline.train, self.valid_idx, 2 * seed + 1,
-                                  cutout_prob=prob, repeat=True)
+                                  cutout_prob=prob, repeat=True, skip_batches=skip)
         return self._distribute(train), self._distribute(valid)
 
     def _distribute(self, make):
@@ -265,22 +269,32 @@ class SearchLoop:
                 f"checkpoint is kept in {self.checkpointer.folder}. Lower --lr or --arch_lr")
         return loss, float(self.metrics["valid_acc"].result())
 
-    def train_epoch(self, epoch, lr, data_epoch=None, tuning=False):
+    def train_epoch(self, epoch, lr, data_epoch=None, tuning=False, resume=None,
+                    on_stop=None):
         """One pass of alternating steps at learning rate `lr`; returns the epoch's metrics.
 
         `data_epoch` seeds the batch order (default `epoch`); selection tuning passes its own
         counter so its batches differ from the search's, and `tuning=True` (perturbations
-        use their tuning strength).
+        use their tuning strength). `resume` ({"step", "metrics"}, from `partial_state`)
+        continues an epoch stopped after that step, on the batches it would have seen. On a
+        stop request (SIGTERM / SIGINT, `tfnas.interrupt`) between two steps of the epoch,
+        `on_stop(partial_state)` saves the state and returns where (chief) or None, and
+        `Interrupted` is raised; a request during the last step is left to the caller.
         """
         self.w_opt.learning_rate.assign(lr)
         self.perturbation.begin_epoch(self, epoch, tuning)
         for m in self.metrics.values():
             m.reset_state()
-        train, valid = self._datasets(epoch, data_epoch, tuning)
+        done = 0
+        if resume:
+            done = int(resume["step"])
+            self._set_metric_state(resume["metrics"])
+        train, valid = self._datasets(epoch, data_epoch, tuning, skip=done)
         it_t, it_v = iter(train), iter(valid)
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
                                   unit_name="step")
-        done = 0
+        if done:
+            bar.update(done)
         self.graphs.check("step")
         while done < self.steps:
             n = min(self.config.steps_per_execution, self.steps - done)
@@ -293,6 +307,11 @@ class SearchLoop:
                         f"--lr or --arch_lr, or check the data")
             done += len(losses)
             bar.update(done, [("loss", losses[-1])])
+            if done < self.steps and self._stop_agreed(STOP.requested):
+                where = on_stop({"step": done, "metrics": self._metric_state()}) \
+                    if on_stop else None
+                STOP.check(where or f"epoch {epoch + 1} stopped after step {done}; its state "
+                                    f"is not saved here", peer=True)
         record = {"epoch": epoch, "lr": lr,
                   "train_loss": float(self.metrics["train_loss"].result()),
                   "train_acc": float(self.metrics["train_acc"].result())}
@@ -301,16 +320,29 @@ class SearchLoop:
             record["alpha_acc"] = float(self.metrics["alpha_acc"].result())
         return record
 
+    def _metric_state(self):
+        """The running training metrics, as JSON (float32 values: exact through JSON)."""
+        return {k: [float(v.numpy()) for v in m.variables] for k, m in self.metrics.items()}
+
+    def _set_metric_state(self, state):
+        for k, values in state.items():
+            for v, value in zip(self.metrics[k].variables, values):
+                v.assign(value)
+
     def run(self):
         """Trains from the last checkpoint (or scratch) to `config.epochs`; returns the
         magnitude genotype."""
         c = self.config
         state = self.resume_state()
         start = state["epoch"] + 1 if state else 0
+        partial = (state or {}).get("partial")
         if self.is_chief:
             self._truncate_logs(start)
             write_env(self, resumed_from=start)
-        if start:
+        if partial:
+            self.log(f"resuming {self.workdir} in epoch {start + 1} after step "
+                     f"{partial['step']}")
+        elif start:
             self.log(f"resuming {self.workdir} after epoch {start - 1}")
         writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb")) \
             if self.is_chief else None
@@ -318,7 +350,9 @@ class SearchLoop:
         for epoch in range(start, c.epochs):
             t0 = time.time()
             self.graphs.refresh("step", (c.epochs - epoch) * self.steps)  # SGAS decides edges
-            record = self.train_epoch(epoch, cosine_lr(epoch, c.epochs, c.lr, c.lr_min))
+            record = self.train_epoch(epoch, cosine_lr(epoch, c.epochs, c.lr, c.lr_min),
+                                      resume=partial if epoch == start else None,
+                                      on_stop=functools.partial(self._save_partial, epoch))
             self.arch_update.end_epoch(self, epoch)
             if (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1:
                 record["valid_loss"], record["valid_acc"] = self.evaluate()
@@ -328,11 +362,15 @@ class SearchLoop:
             record["seconds"] = time.time() - t0
             epochs_done += 1
             eta = (time.time() - t_run) / epochs_done * (c.epochs - epoch - 1)
+            stop = self._stop_agreed(STOP.requested) and epoch < c.epochs - 1
             if self.is_chief:
                 self._log_epoch(record, writer)
-                if (epoch + 1) % c.ckpt_every == 0 or epoch == c.epochs - 1:
+                if (epoch + 1) % c.ckpt_every == 0 or epoch == c.epochs - 1 or stop:
                     self.checkpointer.save(epoch, {"epoch": epoch})
             self.log(self._line(record, eta))
+            if stop:
+                STOP.check(f"the state after epoch {epoch + 1} is saved in "
+                           f"{self.checkpointer.folder}", peer=True)
         soft = self.model.softmax_numpy()
         genotype = self.current_genotype(meta={
             "method": c.arch_update, "perturbation": c.perturbation, "seed": c.seed,
@@ -340,6 +378,14 @@ class SearchLoop:
         if self.is_chief:
             genotype.save(os.path.join(self.workdir, "genotype_magnitude.json"))
         return genotype
+
+    def _save_partial(self, epoch, partial):
+        """Saves the state in the middle of `epoch` (a stop request); returns where."""
+        if not self.is_chief:
+            return None
+        self.checkpointer.save_partial({"epoch": epoch - 1, "partial": partial})
+        return (f"the state of epoch {epoch + 1} after step {partial['step']} is saved in "
+                f"{self.checkpointer.folder}")
 
     def resume_state(self):
         """Restores the newest checkpoint; returns its loop state (None: from scratch). Several

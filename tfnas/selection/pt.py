@@ -15,7 +15,11 @@ Starting from a trained supernet (a `tfnas search` run directory):
    one more epoch, as the reference's schedule.
 
 Selection state is variables of the supernet, so one traced graph serves every evaluation.
-Everything is checkpointed after each decision event: re-running resumes there.
+Everything is checkpointed after each decision event: re-running resumes there. A stop
+request (SIGTERM / SIGINT, `tfnas.interrupt`) during the tuning saves the state at the next
+step (a partial checkpoint: the event's decisions, the tuning epoch and step); one during
+the scoring of an event stops before the next scoring pass and resumes from the previous
+event's checkpoint.
 """
 
 import dataclasses
@@ -24,7 +28,8 @@ import time
 
 
 from tfnas.checkpoint import Checkpointer
-from tfnas.config import ConfigError, _f
+from tfnas.config import ConfigError, _f, check_numbers
+from tfnas.interrupt import STOP
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
 from tfnas.search.graphs import MODES as GRAPH_MODES
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
@@ -62,6 +67,7 @@ class SelectConfig:
         return set_[0] if set_ else None
 
     def validate(self):
+        check_numbers(self, seed_allow=(-1,))
         if self.selector not in SELECTORS:
             raise ConfigError(f"--selector={self.selector!r} is invalid: expected one of "
                               f"{', '.join(SELECTORS.names())}")
@@ -92,7 +98,7 @@ class SelectConfig:
 
 
 def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=None,
-                  step_base=0, eval_kw=None):
+                  step_base=0, eval_kw=None, resume=None, on_stop=None):
     """Fine-tunes a (partly discretised) supernet: alternating alpha/weight epochs at the
     constant weight lr `lr`, perturbations at their tuning strength. The one tuning routine
     of `tfnas select` (between decisions) and `tfnas analyze strength` (to convergence).
@@ -105,6 +111,10 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
         writer: optional tf.summary writer for tune/* scalars (step = step_base + epoch).
         eval_kw: keyword arguments of `loop.evaluate` for the patience evaluations (e.g.
             `{"batches": 20, "batch_stats": True}`, as PT scores are measured).
+        resume: {"tune_epoch", "step", "metrics"} of a tuning stopped by a stop request
+            (without patience): it continues there, on the same batches.
+        on_stop: `on_stop(partial)` saves such a state and returns where (see
+            `SearchLoop.train_epoch`); without it a stop request raises with nothing saved.
     Returns:
         (records, best validation accuracy or None when patience is 0).
     """
@@ -114,9 +124,16 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
     if epochs and patience and loop.graphs.refresh(
             "eval", epochs * loop.eval_batches(**(eval_kw or {}))):
         log(loop.graphs.describe("eval"))
-    for k in range(epochs):
+    first = int(resume["tune_epoch"]) if resume else 0
+    for k in range(first, epochs):
         t0 = time.time()
-        rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True)
+        if k > first and STOP.requested:  # between two tuning epochs
+            partial = {"step": 0, "metrics": {}}
+            STOP.check(on_stop(dict(partial, tune_epoch=k)) if on_stop else
+                       f"tuning stopped after epoch {k}; its state is not saved here")
+        stop = on_stop and (lambda p, k=k: on_stop(dict(p, tune_epoch=k)))
+        rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True,
+                               resume=resume if k == first else None, on_stop=stop)
         line = f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} " \
                f"acc {rec['train_acc']:.3f}"
         if patience:
@@ -159,6 +176,7 @@ class PerturbationSelector:
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
         self.restored_event, self._writer, self._last_score = -1, None, None
+        self._resume = None  # a partial tuning state to continue (from `restore`)
         self._t_start, self._first = time.time(), 0
         self.checkpointer = Checkpointer(os.path.join(folder, "checkpoints"),
                                          loop.state_variables(), keep=2)
@@ -171,6 +189,11 @@ class PerturbationSelector:
         weights change only in `tune_after`, which forgets the result) returns the first
         call's result: an event's next decision starts where the previous one ended (BN
         uses batch statistics or frozen running ones, so the pass gives the same numbers)."""
+        if STOP.requested:  # before the next scoring pass: the last saved event stands
+            STOP.check(f"the state after decision {self.restored_event + 1}/"
+                       f"{len(self.events)} is saved in {self.checkpointer.folder}"
+                       if self.restored_event >= 0 else
+                       "no decision was saved yet (the selection starts again)")
         fn = self.loop._eval_fn  # the object itself: an id could be reused by a new graph
         key = tuple(v.numpy().tobytes() for t in self.space.cell_types
                     for v in self.loop.model.arch(t).weights)
@@ -195,12 +218,20 @@ class PerturbationSelector:
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
                       budget=self.budget, selector=self.config.selector)
 
-    def tune_after(self, i):
-        """Progressive tuning after decision event `i` (one epoch after the last event)."""
+    def tune_after(self, i, resume=None):
+        """Progressive tuning after decision event `i` (one epoch after the last event);
+        `resume`: a partial tuning state of this event to continue."""
         epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
         self._last_score = None  # the weights change
         tune_supernet(self.loop, epochs, self.config.tune_lr, data_base=10_000 + i * 100,
-                      log=self.log, writer=self._writer, step_base=i * 1000)
+                      log=self.log, writer=self._writer, step_base=i * 1000, resume=resume,
+                      on_stop=lambda partial: self._save_partial(i, partial))
+
+    def _save_partial(self, i, partial):
+        self.checkpointer.save_partial({"event": i, "partial": partial})
+        return (f"the state of decision {i + 1}/{len(self.events)}'s tuning (epoch "
+                f"{partial['tune_epoch'] + 1}, step {partial['step']}) is saved in "
+                f"{self.checkpointer.folder}")
 
     # --- the schedule ----------------------------------------------------------------------
     def restore(self):
@@ -210,21 +241,43 @@ class PerturbationSelector:
         self._last_score = None
         state = self.checkpointer.restore_latest()
         self.restored_event = state["event"] if state else -1
+        self._resume = (state or {}).get("partial")
         if state is None and get_selector(self.config.selector).decides:
             self.loop.reset_weight_optimizer()  # fresh SGD for projection tuning (REFERENCE 4.2)
         truncate_jsonl(self.scores_path, "event", self.restored_event + 1)
-        if self.restored_event >= 0:
-            self.log(f"resuming selection after decision "
-                     f"{self.restored_event + 1}/{len(self.events)}")
-        self._t_start, self._first = time.time(), self.restored_event + 1
-        return self.restored_event + 1
+        n = len(self.events)
+        if self._resume:
+            self.log(f"resuming selection in the tuning after decision "
+                     f"{self.restored_event + 1}/{n} (epoch {self._resume['tune_epoch'] + 1}, "
+                     f"step {self._resume['step']})")
+        elif self.restored_event >= 0:
+            self.log(f"resuming selection after decision {self.restored_event + 1}/{n}")
+        first = self.restored_event + (0 if self._resume else 1)
+        self._t_start, self._first = time.time(), first
+        return first
 
     def run_event(self, i):
         """Runs decision event `i` (decide on every cell type, tune, checkpoint) and returns
         its log rows. An event that the restored checkpoint already holds is not rerun: its
         rows come from scores.jsonl."""
-        if i <= self.restored_event:
+        resume = self._resume if i == self.restored_event else None
+        if i <= self.restored_event and resume is None:
             return [r for r in read_jsonl(self.scores_path) if r["event"] == i]
+        if resume is not None:  # decided before a stop request in its tuning
+            self._resume = None
+            rows = [r for r in read_jsonl(self.scores_path) if r["event"] == i]
+        else:
+            rows = self._decide_event(i)
+        self.tune_after(i, resume)
+        self.checkpointer.save(i, {"event": i})
+        self.restored_event = i
+        done = i - self._first + 1
+        left = (time.time() - self._t_start) / done * (len(self.events) - i - 1)
+        self.log(f"decision {i + 1}/{len(self.events)} done; ETA {fmt_time(left)}")
+        return rows
+
+    def _decide_event(self, i):
+        """The decisions of event `i` on every cell type, logged; their rows."""
         kind, targets = self.events[i]
         rows = []
         for ctype, target in targets.items():
@@ -234,12 +287,6 @@ class PerturbationSelector:
             self._tensorboard(i, row)
             self.log(self._describe(i, row))
             rows.append(row)
-        self.tune_after(i)
-        self.checkpointer.save(i, {"event": i})
-        self.restored_event = i
-        done = i - self._first + 1
-        left = (time.time() - self._t_start) / done * (len(self.events) - i - 1)
-        self.log(f"decision {i + 1}/{len(self.events)} done; ETA {fmt_time(left)}")
         return rows
 
     def run(self):
