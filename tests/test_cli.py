@@ -17,7 +17,7 @@ from tfnas.cli import main
     (["--lr=-0.1"], 2, "--lr=-0.1 is invalid: expected a non-negative number"),
     (["--flagfile=/no/such.cfg"], 2, "No such file or directory"),
     (["--epochs=many"], 2, "argument --epochs: invalid int value: 'many'"),
-    (["--dataset=npz:/no/such.npz"], 1, "cannot read npz dataset /no/such.npz"),
+    (["--dataset=npz:/no/such.npz"], 2, "dataset npz:/no/such.npz: /no/such.npz does not exist"),
 ])
 def test_bad_input(tmp_path, capsys, args, code, message):
     wd = tmp_path / "run"

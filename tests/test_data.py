@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tfnas.data import Pipeline, bilevel_split, load_dataset
-from tfnas.errors import DataError
+from tfnas.errors import DataError, UsageError
 
 
 def test_digits_offline_and_bilevel_split():
@@ -149,7 +149,7 @@ def test_npz_and_folder(tmp_path):
     assert sorted(d.y_train.tolist()) == [0, 0, 0, 1, 1, 1]
     assert set(d.y_train[:3].tolist()) == {0, 1}
     assert set(load_dataset(f"folder:{tmp_path / 'imgs'}", limit=3).y_train.tolist()) == {0, 1}
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):  # a bad path: exit 2
         load_dataset(f"folder:{tmp_path / 'nope'}")
 
 

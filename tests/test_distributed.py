@@ -407,3 +407,32 @@ def test_momentum_sgd_is_one_op_per_variable_and_updates_every_replica():
     assert len(r["default"]["err"]) == 2 and len(r["mirrored"]["err"]) == 4  # kernel, bias
     assert max(r["default"]["err"] + r["mirrored"]["err"]) < 1e-6, r
     assert r["default"]["apply_ops"] == 2 and r["mirrored"]["apply_ops"] == 4, r
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_one_step_and_resumes_exactly(tmp_path):
+    """SIGTERM reaches only worker 1 (a preempted machine): the workers agree on the stop
+    with one all-reduce per step call, so both stop after the same step; the chief saves the
+    mid-epoch state, both exit 143, and the restarted cluster ends with the alphas of an
+    uninterrupted run."""
+    import signal
+    reference = _finish(_start_workers(tmp_path, epochs=30, prefix="u"))
+    want = re.search(r"final alphas digest: (\w+)", reference[0]).group(1)
+    procs = _start_workers(tmp_path, epochs=30, prefix="w")
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("epoch 2/30"):
+                break
+        procs[1].send_signal(signal.SIGTERM)
+        results = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for _, e in results]
+    assert "stopped by another worker's stop request" in results[0][1]
+    assert "stopped by SIGTERM" in results[1][1]
+    assert (tmp_path / "w0" / "checkpoints").is_dir()
+    outs = _finish(_start_workers(tmp_path, epochs=30, prefix="w"))
+    digests = [re.search(r"final alphas digest: (\w+)", o).group(1) for o in outs]
+    assert digests == [want, want], (digests, want)

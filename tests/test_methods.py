@@ -106,6 +106,29 @@ def test_sgas_scores_by_hand():
     np.testing.assert_allclose(s2, mm(imp) * mm(cert) * mm(stab), atol=1e-9)
 
 
+def test_sgas_scores_ignore_float32_rounding_of_the_softmax():
+    """A space without 'none': every edge's importance is exactly 1, however its float32
+    softmax row rounds (rows summing to 1 +- an ulp or two used to be min-max scaled into
+    a 0..1 'importance' that picked the edge: a decision that differed between CPUs)."""
+    space = get_space("darts")  # no 'none'
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=14).astype(np.float32)
+    probs[3] = [0.9] + [0.1 / 6] * 6  # the most certain edge
+    sums = probs.astype(np.float64).sum(1)
+    assert sums.max() - sums.min() > 0  # the rounding is really there
+    s = sgas_scores(space, "normal", probs, criterion=1)
+    cert = []
+    for row in probs.astype(np.float64):
+        p = row / row.sum()
+        cert.append(1 + np.sum(p * np.log(p)) / math.log(7))
+    cert = np.asarray(cert)
+    np.testing.assert_allclose(s, (cert - cert.min()) / (cert.max() - cert.min()), atol=1e-9)
+    assert int(np.argmax(s)) == 3
+    # the same decision from rows perturbed by an ulp (another CPU's rounding)
+    bumped = np.nextafter(probs, np.float32(1))
+    assert int(np.argmax(sgas_scores(space, "normal", bumped, criterion=1))) == 3
+
+
 def test_sgas_decides_on_schedule_in_score_order_and_never_revisits(tmp_path):
     cfg = tiny_config(str(tmp_path), arch_update="sgas", epochs=4, steps_per_epoch=2,
                       sgas_warmup=1, sgas_freq=1, sgas_criterion=2)

@@ -26,6 +26,18 @@ from tfnas.io import TMP_PREFIX, remove_stale_temps, umask_mode
 PARTIAL = "partial.npz"
 
 
+def metric_state(metrics):
+    """{name: [values]} of Keras metrics' variables (running totals and counts: float32,
+    exact through JSON): part of a partial state."""
+    return {k: [float(v.numpy()) for v in m.variables] for k, m in metrics.items()}
+
+
+def set_metric_state(metrics, state):
+    for k, values in (state or {}).items():
+        for v, value in zip(metrics[k].variables, values):
+            v.assign(value)
+
+
 def _entries(groups):
     """[(key, variable)] for {group: [variables]}, keys unique and stable."""
     out = []

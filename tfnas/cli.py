@@ -21,7 +21,7 @@ from tfnas.flagfiles import FLAG_LINE as _FLAG_LINE
 from tfnas.flagfiles import expand_flagfiles  # noqa: F401 (part of the CLI's API)
 from tfnas.interrupt import STOP, Interrupted
 from tfnas.io import check_folder
-from tfnas.runlock import workdir_lock
+from tfnas.runlock import chief_lock, workdir_lock
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
@@ -96,8 +96,11 @@ def build_parser():
                                               "architecture selection (DARTS-PT).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_search, _add_select, _add_report, _add_train, _add_analyze, _add_query,
-                _add_listing):
+    from tfnas.cli_analyze import add_parser as add_analyze
+    for add in (_add_search, _add_select, _add_report, _add_train):
+        add(sub)
+    add_analyze(sub, _bool, _add_strategy_flags)
+    for add in (_add_query, _add_listing):
         add(sub)
     from tfnas.cli_deploy import add_parsers
     add_parsers(sub, _bool)
@@ -153,43 +156,6 @@ def _add_train(sub):
     train.set_defaults(handler=cmd_train)
 
 
-def _add_analyze(sub):
-    analyze = sub.add_parser(
-        "analyze", help="the paper's diagnostics: strength | shuffle | skip_gap",
-        description="strength: alpha vs PT score vs discretisation accuracy at convergence "
-                    "per op (Figures 1, 7); shuffle: accuracy after swapping edges/layers "
-                    "(Table 1); skip_gap: softmax(skip) - softmax(other) vs accuracy over the "
-                    "search (Figure 3). Writes WORKDIR/analysis/KIND.{json,png}.")
-    analyze.add_argument("kind", choices=("strength", "shuffle", "skip_gap"))
-    analyze.add_argument("--workdir", required=True, help="a finished search run directory")
-    _add_strategy_flags(analyze, ("default", "mirrored"))
-    analyze.add_argument("--edges", default="", help="strength: CELL:INDEX,... e.g. normal:3")
-    analyze.add_argument("--random_edges", type=int, default=0,
-                         help="strength: K random edges (from --seed) instead of --edges")
-    analyze.add_argument("--ops", default="", help="strength: only these ops of each edge")
-    analyze.add_argument("--max_epochs", type=int, default=10,
-                         help="strength: most fine-tuning epochs per op")
-    analyze.add_argument("--patience", type=int, default=2,
-                         help="strength: stop after N epochs without a better valid acc")
-    analyze.add_argument("--tune_lr", type=float, default=0.0025,
-                         help="strength: constant weight lr while fine-tuning (as select)")
-    analyze.add_argument("--score_batches", type=int, default=0,
-                         help="strength: PT score on the first N alpha batches (0: all)")
-    analyze.add_argument("--trials", type=int, default=5, help="shuffle: random swaps")
-    analyze.add_argument("--baselines", type=_bool, nargs="?", const=True, default=False,
-                         help="shuffle: also train and shuffle a small ResNet and VGG")
-    analyze.add_argument("--baseline_epochs", type=int, default=5,
-                         help="shuffle: training epochs of each baseline network")
-    analyze.add_argument("--cell", default="", help="skip_gap: cell type (default: the "
-                                                    "first, normal or NB201's cell)")
-    analyze.add_argument("--versus", default="",
-                         help="skip_gap: op compared with skip (default: the strongest "
-                              "other op; sep_conv_3x3 on S2)")
-    analyze.add_argument("--seed", type=int, default=0,
-                         help="seed of random edges, swaps and baselines")
-    analyze.set_defaults(handler=cmd_analyze)
-
-
 def _add_query(sub):
     query = sub.add_parser("query", help="look up a NAS-Bench-201 architecture",
                            description="Print the benchmark's accuracies (CIFAR-10, CIFAR-100, "
@@ -241,40 +207,6 @@ def cmd_select(args):
     return 0
 
 
-def cmd_analyze(args):
-    from tfnas.distribute import make_strategy
-    check_folder(args.workdir, "--workdir", must_exist=True)
-    strategy, _ = make_strategy(args.strategy, args.cpu_devices)  # before devices initialise
-    from tfnas import analyze
-    for name in ("max_epochs", "trials", "baseline_epochs"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected a "
-                             f"positive integer")
-    for name in ("patience", "random_edges", "score_batches"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name}={getattr(args, name)} is invalid: expected 0 or more")
-    from tfnas.config import check_seed
-    check_seed(args.seed)
-    with workdir_lock(args.workdir, f"analyze {args.kind}"):
-        _run_analysis(analyze, args, strategy)
-    folder = os.path.join(args.workdir, "analysis")
-    print(f"results: {os.path.join(folder, args.kind + '.json')}, "
-          f"{os.path.join(folder, args.kind + '.png')}")
-    return 0
-
-
-def _run_analysis(analyze, args, strategy):
-    if args.kind == "strength":
-        analyze.run_strength(args.workdir, args.edges, args.random_edges, args.max_epochs,
-                             args.patience, args.tune_lr, args.ops, args.score_batches,
-                             args.seed, strategy=strategy)
-    elif args.kind == "shuffle":
-        analyze.run_shuffle(args.workdir, args.trials, args.seed, args.baselines,
-                            args.baseline_epochs, strategy=strategy)
-    else:
-        analyze.run_skip_gap(args.workdir, args.cell, args.versus)
-
-
 def cmd_query(args):
     import json
 
@@ -306,7 +238,7 @@ def cmd_train(args):
     genotype = Genotype.load(args.genotype)
     strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
     check_folder(args.workdir, "--workdir")
-    with _chief_lock(is_chief, args.workdir, "train"):
+    with chief_lock(is_chief, args.workdir, "train"):
         run_train(config, genotype, args.workdir, strategy, is_chief=is_chief, loop=args.loop)
     if is_chief:
         print(f"trained model: {os.path.join(args.workdir, 'train', 'model.keras')}")
@@ -320,19 +252,12 @@ def cmd_search(args):
     config = _config_from_args(args, SearchConfig).validate()
     strategy, is_chief = make_strategy(args.strategy, args.cpu_devices)
     check_folder(args.workdir, "--workdir")
-    with _chief_lock(is_chief, args.workdir, "search"):
+    with chief_lock(is_chief, args.workdir, "search"):
         genotype = run_search(config, args.workdir, args.overwrite, strategy, is_chief)
     if is_chief:
         print(f"magnitude genotype: {os.path.join(args.workdir, 'genotype_magnitude.json')}")
     print(f"final alphas digest: {genotype.meta['alphas_digest']}", flush=True)
     return 0
-
-
-def _chief_lock(is_chief, workdir, command):
-    """The workdir's lock (tfnas.runlock), held by the chief only: the other workers of a
-    multi-worker run write nothing there."""
-    import contextlib
-    return workdir_lock(workdir, command) if is_chief else contextlib.nullcontext()
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas.checkpoint import Checkpointer
+from tfnas.checkpoint import Checkpointer, metric_state, set_metric_state
 from tfnas.distribute import any_worker_fn, broadcast_from_chief, distribute_input, \
     num_workers, sum_over_replicas
 from tfnas.errors import TrainingError
@@ -173,9 +173,7 @@ class RetrainLoop:
         c = self.config
         set_drop_path(self.model, epoch / c.epochs)
         done = int(resume["step"]) if resume else 0
-        for name, values in (resume or {}).get("metrics", {}).items():
-            for v, value in zip(self.metrics[name].variables, values):
-                v.assign(value)
+        set_metric_state(self.metrics, (resume or {}).get("metrics"))
         it = iter(self._input(functools.partial(
             self.pipe.train, np.arange(self.train_size), epoch,
             cutout_prob=1.0 if c.cutout else 0.0, skip_batches=done)))
@@ -197,8 +195,7 @@ class RetrainLoop:
                 where = None
                 if self.is_chief:
                     self.checkpointer.save_partial(dict(state, partial={
-                        "step": done, "metrics": {k: [float(v.numpy()) for v in m.variables]
-                                                  for k, m in self.metrics.items()}}))
+                        "step": done, "metrics": metric_state(self.metrics)}))
                     where = (f"the state of epoch {epoch + 1} after step {done} is saved in "
                              f"{self.checkpointer.folder}")
                 STOP.check(where or f"epoch {epoch + 1} stopped after step {done}", peer=True)

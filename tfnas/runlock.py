@@ -150,3 +150,9 @@ def export_lock(out):
     out = os.path.abspath(out)
     parent, name = os.path.split(out)
     return WorkdirLock(out, "export", path=os.path.join(parent, f"{LOCK_NAME}-{name}"))
+
+
+def chief_lock(is_chief, workdir, command):
+    """The workdir's lock, held by the chief only: the other workers of a multi-worker run
+    write nothing there."""
+    return workdir_lock(workdir, command) if is_chief else contextlib.nullcontext()

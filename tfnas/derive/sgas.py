@@ -5,21 +5,32 @@ import math
 import numpy as np
 
 
+# Differences below this are float32 rounding of a softmax (its rows sum to 1 within a few
+# ulps, 6e-8 each), not a signal: min-max scaling would blow them up to the full [0, 1].
+ROUNDING = 1e-6
+
+
 def _minmax(v):
-    """SGAS's normalisation to [0, 1]; a constant vector (e.g. edge importance in a space
-    without 'none') becomes all ones, so it does not zero the product of criteria."""
+    """SGAS's normalisation to [0, 1]; a vector constant up to float32 rounding (e.g. edge
+    importance in a space without 'none') becomes all ones, so it neither zeroes the product
+    of criteria nor lets rounding pick the edge."""
     v = np.asarray(v, np.float64)
     span = v.max() - v.min()
-    return (v - v.min()) / span if span > 0 else np.ones_like(v)
+    return (v - v.min()) / span if span > ROUNDING else np.ones_like(v)
 
 
 def _non_none(space, ctype, probs):
-    """Per edge: (mass on non-'none' ops, renormalised distribution over them)."""
+    """Per edge: (mass on non-'none' ops, renormalised distribution over them). The mass is
+    1 - the mass on 'none' (exactly 1 on an edge without 'none', where summing the float32
+    softmax would give 1 +- a few ulps that differ from edge to edge and CPU to CPU)."""
     out = []
     for e, ops in enumerate(space.cells[ctype].ops):
         keep = [k for k, op in enumerate(ops) if op != "none"]
-        p = np.asarray(probs[e], np.float64)[keep]
-        out.append((p.sum(), p / max(p.sum(), 1e-12)))
+        row = np.asarray(probs[e], np.float64)
+        p = row[keep]
+        none = [k for k, op in enumerate(ops) if op == "none"]
+        mass = 1.0 - row[none].sum() if none else 1.0
+        out.append((mass, p / max(p.sum(), 1e-12)))
     return out
 
 

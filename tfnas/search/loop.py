@@ -15,16 +15,17 @@ import keras
 import tensorflow as tf
 
 from tfnas import precision
-from tfnas.checkpoint import Checkpointer
+from tfnas.checkpoint import Checkpointer, metric_state, set_metric_state
 from tfnas.config import SearchConfig
 from tfnas.data import Pipeline, bilevel_split, load_dataset
 from tfnas.errors import TrainingError, WorkdirError
 from tfnas.grappler import apply_settings
-from tfnas.io import append_jsonl, check_folder, fmt_time, remove_stale_temps, truncate_jsonl
+from tfnas.io import check_folder, remove_stale_temps
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
 from tfnas.search.graphs import LoopGraphs
 from tfnas.search.optim import DynamicLossScale, MomentumSGD, TorchAdam
-from tfnas.search.workdir import alphas_digest, prepare_workdir, write_env
+from tfnas.search.workdir import (alphas_digest, epoch_line, log_epoch, prepare_workdir,
+                                  truncate_logs, write_env)
 from tfnas.derive import magnitude_genotype
 from tfnas.distribute import (any_worker_fn, broadcast_from_chief, distribute_input,
                               num_workers, sum_over_replicas)
@@ -288,7 +289,7 @@ class SearchLoop:
         done = 0
         if resume:
             done = int(resume["step"])
-            self._set_metric_state(resume["metrics"])
+            set_metric_state(self.metrics, resume["metrics"])
         train, valid = self._datasets(epoch, data_epoch, tuning, skip=done)
         it_t, it_v = iter(train), iter(valid)
         bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
@@ -308,7 +309,7 @@ class SearchLoop:
             done += len(losses)
             bar.update(done, [("loss", losses[-1])])
             if done < self.steps and self._stop_agreed(STOP.requested):
-                where = on_stop({"step": done, "metrics": self._metric_state()}) \
+                where = on_stop({"step": done, "metrics": metric_state(self.metrics)}) \
                     if on_stop else None
                 STOP.check(where or f"epoch {epoch + 1} stopped after step {done}; its state "
                                     f"is not saved here", peer=True)
@@ -320,15 +321,6 @@ class SearchLoop:
             record["alpha_acc"] = float(self.metrics["alpha_acc"].result())
         return record
 
-    def _metric_state(self):
-        """The running training metrics, as JSON (float32 values: exact through JSON)."""
-        return {k: [float(v.numpy()) for v in m.variables] for k, m in self.metrics.items()}
-
-    def _set_metric_state(self, state):
-        for k, values in state.items():
-            for v, value in zip(self.metrics[k].variables, values):
-                v.assign(value)
-
     def run(self):
         """Trains from the last checkpoint (or scratch) to `config.epochs`; returns the
         magnitude genotype."""
@@ -337,7 +329,7 @@ class SearchLoop:
         start = state["epoch"] + 1 if state else 0
         partial = (state or {}).get("partial")
         if self.is_chief:
-            self._truncate_logs(start)
+            truncate_logs(self.workdir, start)
             write_env(self, resumed_from=start)
         if partial:
             self.log(f"resuming {self.workdir} in epoch {start + 1} after step "
@@ -364,10 +356,11 @@ class SearchLoop:
             eta = (time.time() - t_run) / epochs_done * (c.epochs - epoch - 1)
             stop = self._stop_agreed(STOP.requested) and epoch < c.epochs - 1
             if self.is_chief:
-                self._log_epoch(record, writer)
+                log_epoch(self.workdir, record, self.model.softmax_numpy(), writer,
+                          zip(self.space.cell_types, self.alphas))
                 if (epoch + 1) % c.ckpt_every == 0 or epoch == c.epochs - 1 or stop:
                     self.checkpointer.save(epoch, {"epoch": epoch})
-            self.log(self._line(record, eta))
+            self.log(epoch_line(record, c.epochs, eta))
             if stop:
                 STOP.check(f"the state after epoch {epoch + 1} is saved in "
                            f"{self.checkpointer.folder}", peer=True)
@@ -406,38 +399,6 @@ class SearchLoop:
         """The magnitude genotype of the supernet's mixing weights (decided edges one-hot,
         removed edges absent: SGAS's decisions count)."""
         return magnitude_genotype(self.space, self.model.arch_weights_numpy(), meta=meta)
-
-    # --- files ---------------------------------------------------------------------------
-    def _line(self, r, eta):
-        parts = [f"epoch {r['epoch'] + 1}/{self.config.epochs}",
-                 f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}"]
-        if "valid_acc" in r:
-            parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
-        bench = [f"{k[6:]} {v:.2f}" for k, v in r.items() if k.startswith("bench_") and
-                 "_test" in k and isinstance(v, float)]
-        if bench:
-            parts.append("benchmark " + ", ".join(bench))
-        parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {fmt_time(eta)}")
-        return " | ".join(parts)
-
-    def _log_epoch(self, record, writer):
-        append_jsonl(os.path.join(self.workdir, "metrics.jsonl"), record)
-        alphas = {t: w.round(6).tolist() for t, w in self.model.softmax_numpy().items()}
-        append_jsonl(os.path.join(self.workdir, "alphas.jsonl"),
-                     {"epoch": record["epoch"], "softmax": alphas})
-        with writer.as_default(step=record["epoch"]):
-            for k, v in record.items():
-                if k != "epoch":
-                    tf.summary.scalar(k, v)
-            for t, a in zip(self.space.cell_types, self.alphas):
-                tf.summary.histogram(f"alpha_{t}", a)
-        writer.flush()
-
-    def _truncate_logs(self, start):
-        """Drops log lines of epochs after the checkpoint we resume from."""
-        for name in ("metrics.jsonl", "alphas.jsonl", "sgas.jsonl"):
-            truncate_jsonl(os.path.join(self.workdir, name), "epoch", start)
-
 
 def run_search(config, workdir, overwrite=False, strategy=None, is_chief=True, log=None):
     """Validates `config`, prepares `workdir` and runs (or resumes) the search.

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 
 from tfnas.errors import WorkdirError
-from tfnas.io import atomic_write_json
+from tfnas.io import append_jsonl, atomic_write_json, fmt_time, truncate_jsonl
 
 RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
              "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
@@ -78,3 +78,40 @@ def alphas_digest(softmaxed):
     for t in sorted(softmaxed):
         h.update(np.round(np.asarray(softmaxed[t], np.float64), 6).tobytes())
     return h.hexdigest()[:12]
+
+
+def epoch_line(r, epochs, eta):
+    """The progress line of a finished search epoch."""
+    parts = [f"epoch {r['epoch'] + 1}/{epochs}",
+             f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}"]
+    if "valid_acc" in r:
+        parts.append(f"valid loss {r['valid_loss']:.3f} acc {r['valid_acc']:.3f}")
+    bench = [f"{k[6:]} {v:.2f}" for k, v in r.items() if k.startswith("bench_") and
+             "_test" in k and isinstance(v, float)]
+    if bench:
+        parts.append("benchmark " + ", ".join(bench))
+    parts.append(f"lr {r['lr']:.4f}  {r['seconds']:.1f}s  ETA {fmt_time(eta)}")
+    return " | ".join(parts)
+
+
+def log_epoch(workdir, record, softmax, writer, alphas):
+    """An epoch's rows of metrics.jsonl and alphas.jsonl, and its TensorBoard scalars and
+    alpha histograms (`alphas`: (cell type, alpha variable) pairs)."""
+    import tensorflow as tf
+    append_jsonl(os.path.join(workdir, "metrics.jsonl"), record)
+    append_jsonl(os.path.join(workdir, "alphas.jsonl"), {
+        "epoch": record["epoch"], "softmax": {t: w.round(6).tolist()
+                                              for t, w in softmax.items()}})
+    with writer.as_default(step=record["epoch"]):
+        for k, v in record.items():
+            if k != "epoch":
+                tf.summary.scalar(k, v)
+        for t, a in alphas:
+            tf.summary.histogram(f"alpha_{t}", a)
+    writer.flush()
+
+
+def truncate_logs(workdir, start):
+    """Drops the log rows of epochs from `start` on (a resume from an earlier checkpoint)."""
+    for name in ("metrics.jsonl", "alphas.jsonl", "sgas.jsonl"):
+        truncate_jsonl(os.path.join(workdir, name), "epoch", start)
