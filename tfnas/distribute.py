@@ -46,6 +46,8 @@ def make_strategy(name="default", cpu_devices=0):
             raise UsageError(f"TF_CONFIG is not valid JSON: {e}") from e
         split_cpu(cpu_devices)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        from tfnas.interrupt import STOP
+        STOP.reclaim()  # the coordination service just took SIGTERM over (and ignores it)
         task = tf_config.get("task", {})
         is_chief = task.get("type", "worker") == "chief" or (
             task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0

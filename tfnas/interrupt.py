@@ -54,12 +54,20 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return self
         for s in self.SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+            previous = signal.signal(s, self._handle)
+            self._previous.setdefault(s, previous)
         return self
+
+    def reclaim(self):
+        """Installs the handlers again if they were installed: TensorFlow's coordination
+        service (MultiWorkerMirroredStrategy) sets its own C-level SIGTERM handler, which
+        swallows the signal, when the cluster starts."""
+        if self._previous:
+            self.install()
 
     def uninstall(self):
         for s, h in self._previous.items():
-            signal.signal(s, h)
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
         self._previous.clear()
         self.signum = None
 

@@ -198,7 +198,8 @@ class RetrainLoop:
                         "step": done, "metrics": metric_state(self.metrics)}))
                     where = (f"the state of epoch {epoch + 1} after step {done} is saved in "
                              f"{self.checkpointer.folder}")
-                STOP.check(where or f"epoch {epoch + 1} stopped after step {done}", peer=True)
+                STOP.check(where or f"the chief saves the state of epoch {epoch + 1} after "
+                                    f"step {done}", peer=True)
         if self.strategy.num_replicas_in_sync > 1 and self.bn_stats:
             self._average_bn_fn()
         return {n: float(self.metrics[n].result()) for n in self.names}

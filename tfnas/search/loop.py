@@ -375,7 +375,7 @@ class SearchLoop:
     def _save_partial(self, epoch, partial):
         """Saves the state in the middle of `epoch` (a stop request); returns where."""
         if not self.is_chief:
-            return None
+            return f"the chief saves the state of epoch {epoch + 1} after step {partial['step']}"
         self.checkpointer.save_partial({"epoch": epoch - 1, "partial": partial})
         return (f"the state of epoch {epoch + 1} after step {partial['step']} is saved in "
                 f"{self.checkpointer.folder}")
