@@ -178,6 +178,11 @@ def test_export_cli_int8_top1_and_profile_from_a_trained_model_file(tmp_path):
     assert lat["runs"] == 3 and 0 < lat["median_ms"] <= lat["p90_ms"]
     assert profile["params"] == to_builtin(m).count_params() and profile["macs"] > 0
     assert "onnx_int8" in r.stdout and "b4 median/p90 ms" in r.stdout
+    from tfnas.cpuinfo import int8_target
+    here = int8_target("auto")
+    assert f"int8 for {here} CPUs (ONNX reduce_range={here == 'avx2'}), measured on: " \
+        in r.stdout
+    assert parity["int8"]["measured_on_target"] and profile["cpu"] == parity["cpu"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -202,3 +207,88 @@ def test_profile_refuses_a_folder_that_is_not_an_export(tmp_path, capsys):
     assert main(["profile", f"--dir={tmp_path}"]) == 2
     assert "is not a tfnas export folder" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+# --- int8 that knows its target --------------------------------------------------------------
+_CPUINFO = {
+    "xeon_vnni": ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6338\n"
+                  "flags\t\t: fpu sse avx avx2 fma avx512f avx512bw avx512_vnni\n\n", "vnni"),
+    "epyc_avx2": ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B12\n"
+                  "flags\t\t: fpu sse avx avx2 fma sha_ni\n\n", "avx2"),
+    "client_avx_vnni": ("vendor_id\t: GenuineIntel\nmodel name\t: 12th Gen Core\n"
+                        "flags\t\t: avx avx2 fma avx_vnni\n\n", "vnni"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CPUINFO))
+def test_int8_target_follows_the_cpu(tmp_path, name):
+    from tfnas.cpuinfo import cpu_info, int8_settings, int8_target
+    text, want = _CPUINFO[name]
+    (tmp_path / "cpuinfo").write_text(text)
+    info = cpu_info(str(tmp_path / "cpuinfo"))
+    assert info["model"] == text.split("model name\t: ")[1].split("\n")[0]
+    assert int8_target("auto", info) == want
+    assert int8_settings(want)["onnx"]["reduce_range"] == (want == "avx2")
+    assert int8_target("arm", info) == "arm"  # an explicit target is kept
+
+
+def test_int8_target_on_arm_and_a_bad_target():
+    from tfnas.cpuinfo import int8_target
+    from tfnas.errors import UsageError
+    arm = {"machine": "aarch64", "isa": {"asimd": True, "asimddp": True}}
+    assert int8_target("auto", arm) == "arm"
+    with pytest.raises(UsageError, match="--int8_target='sse' is invalid: expected one of "
+                                         "auto, vnni, avx2, arm"):
+        int8_target("sse")
+
+
+def _onnx_int8_weights(path):
+    """The int8 weight tensors of a QDQ model (initializers feeding DequantizeLinear)."""
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(path).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    return [inits[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+            and inits[n.input[0]].ndim == 4]
+
+
+def test_int8_for_avx2_uses_7_bit_weights_and_says_where_it_was_measured(tmp_path):
+    """avx2 (x86 without VNNI): every ONNX weight in [-64, 64], so u8 x s8 pair sums stay
+    below 2**15; vnni: the full 8-bit range. parity.json holds the target, its settings, the
+    CPU, and a warning when it was measured on another kind of CPU."""
+    from tfnas.cpuinfo import int8_target
+    m = _trained_looking(build_model("darts_v2", 10, (16, 16, 3), channels=4, layers=3))
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    here = int8_target("auto")
+    reports = {}
+    for target in ("avx2", "vnni"):
+        out = tmp_path / target
+        reports[target] = export_model(m, str(out), formats=("onnx",), int8=True,
+                                       calibration=x, int8_target=target)
+        weights = _onnx_int8_weights(str(out / "model_int8.onnx"))
+        assert len(weights) > 10
+        lo, hi = min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+        if target == "avx2":
+            assert max(-lo, hi) == 64, (lo, hi)  # symmetric 7-bit: 255 * 64 * 2 < 2**15
+        else:
+            assert max(-lo, hi) == 127  # per-channel: each channel's largest weight maps to 127
+        saved = json.loads((out / "parity.json").read_text())
+        assert saved["int8"]["target"] == target and saved["int8"]["measured_on"] == here
+        assert saved["int8"]["settings"]["onnx"]["reduce_range"] == (target == "avx2")
+        assert saved["cpu"]["isa"]["avx2"] in (True, False) and saved["cpu"]["model"]
+        warned = any("was measured here, on a" in w for w in saved["warnings"])
+        assert warned == (target != here)
+
+
+def test_int8_warnings_name_a_top1_drop_beyond_the_bound():
+    from tfnas.export import int8_warnings
+    report = {"int8": {"target": "vnni", "measured_on": "vnni", "measured_on_target": True,
+                       "top1_bound": 0.01},
+              "top1": {"onnx": 0.90, "onnx_int8": 0.885, "tflite": 0.90,
+                       "tflite_int8": 0.8925},
+              "evaluated_images": 400}
+    assert int8_warnings(report) == [
+        "onnx int8 top-1 0.8850 is 1.5 points below float 0.9000 on 400 images (bound 1 "
+        "point)"]  # tflite lost 0.75 points: within the bound
+    assert int8_warnings({"top1": {}}) == []

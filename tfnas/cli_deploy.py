@@ -1,6 +1,7 @@
 """`tfnas export` and `tfnas profile`: the deployment commands of the `tfnas` CLI."""
 
 import os
+import sys
 
 from tfnas.errors import UsageError
 
@@ -22,6 +23,11 @@ def add_parsers(sub, boolean):
                         help="comma list of keras, savedmodel, onnx, tflite")
     export.add_argument("--int8", type=boolean, nargs="?", const=True, default=False,
                         help="also write int8 ONNX / TFLite (static, calibrated on --data)")
+    export.add_argument("--int8_target", default="auto",
+                        choices=("auto", "vnni", "avx2", "arm"),
+                        help="the CPU the int8 artefacts are for: auto (this machine), vnni "
+                             "(x86 with AVX512_VNNI / AVX_VNNI), avx2 (x86 without VNNI: "
+                             "7-bit ONNX weights, so 16-bit sums cannot saturate) or arm")
     export.add_argument("--data", default="", help="dataset for int8 calibration and top-1 "
                         "(same names as training: digits, cifar10, folder:PATH, npz:PATH)")
     export.add_argument("--data_dir", default="", help="tfds data_dir for --data")
@@ -172,6 +178,7 @@ def cmd_export(args):
         report = export_model(model, args.out, formats, args.opset,
                               initialised=not args.weights, overwrite=args.overwrite,
                               int8=args.int8, calibration=calib, evaluation=evaluation,
+                              int8_target=args.int8_target,
                               meta=meta)
     print(f"exported to {args.out}: {', '.join(report['max_abs_diff'])}; parameters "
           f"{report['params']:,} (deployed: no auxiliary head, BN folded); "
@@ -180,6 +187,13 @@ def cmd_export(args):
     if report["top1"]:
         print("top-1 on " + f"{report['evaluated_images']} test images: " + ", ".join(
             f"{k} {v:.4f}" for k, v in report["top1"].items()))
+    if "int8" in report:
+        q = report["int8"]
+        print(f"int8 for {q['target']} CPUs (ONNX reduce_range="
+              f"{q['settings']['onnx']['reduce_range']}), measured on: "
+              f"{report['cpu']['model']} ({q['measured_on']})")
+    for line in report["warnings"]:
+        print(f"tfnas: warning: {line}", file=sys.stderr)
     if args.profile:
         args.dir = args.out
         return cmd_profile(args)

@@ -3,7 +3,11 @@
 Every format is written from the deployable graph (`tfnas.deploy.to_builtin`: built-in Keras
 layers, BN folded), so each artefact runs with its own runtime alone. Each float artefact is
 checked against the tfnas model (max abs difference <= TOLERANCE); int8 artefacts are
-reported (difference, top-1 beside float) but not held to the float tolerance.
+reported (difference, top-1 beside float) but not held to the float tolerance. int8 is made
+for a target CPU (`tfnas.cpuinfo`: VNNI x86, AVX2-only x86, ARM); parity.json records the
+target, its settings and the CPU it was measured on, and a top-1 drop beyond
+INT8_TOP1_BOUND, or a measurement on another kind of CPU than the target, is a warning
+there and in the command's output.
 """
 
 import glob
@@ -23,6 +27,7 @@ FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 DEFAULT_FORMATS = ("keras", "savedmodel", "onnx")
 INT8_FORMATS = ("onnx", "tflite")
 TOLERANCE = 1e-4
+INT8_TOP1_BOUND = 0.01  # top-1 an int8 artefact may lose against its float one (1 point)
 
 
 class ParityError(TfnasError):
@@ -83,7 +88,7 @@ def check_export_out(out, overwrite=False):
 
 def export_model(model, out, formats=DEFAULT_FORMATS, opset=17, batch=2, seed=0,
                  initialised=False, overwrite=False, int8=False, calibration=None,
-                 evaluation=None, meta=None):
+                 evaluation=None, meta=None, int8_target="auto"):
     """Writes the requested formats into `out` and checks them against `model`.
 
     Everything is written into a temporary folder beside `out` and moved into place only
@@ -95,6 +100,8 @@ def export_model(model, out, formats=DEFAULT_FORMATS, opset=17, batch=2, seed=0,
         formats: any of FORMATS.
         int8: also write post-training static int8 quantizations of ONNX / TFLite.
         calibration: normalised float32 images for int8 calibration (needed with `int8`).
+        int8_target: the CPU the int8 artefacts are for: auto (this machine), vnni, avx2
+            (x86 without VNNI: 7-bit ONNX weights) or arm (`tfnas.cpuinfo`).
         evaluation: (images, labels) of a test split: top-1 of every artefact is reported.
         meta: extra JSON-able facts for parity.json (dataset, normalisation).
     Returns:
@@ -105,15 +112,25 @@ def export_model(model, out, formats=DEFAULT_FORMATS, opset=17, batch=2, seed=0,
     """
     formats = tuple(formats)
     check_formats(formats, int8)
+    from tfnas.cpuinfo import cpu_info, int8_settings, int8_target as resolve_target
+    target = resolve_target(int8_target)
     if int8 and (calibration is None or not len(calibration)):
         raise UsageError("--int8 needs calibration images: pass --data (and "
                          "--calibration_images > 0)")
     check_export_out(out, overwrite)
     tmp = _make_temp(out)
     try:
-        report = _write_all(model, tmp, formats, opset, batch, seed, int8, calibration,
+        settings = int8_settings(target) if int8 else None
+        report = _write_all(model, tmp, formats, opset, batch, seed, settings, calibration,
                             evaluation)
-        report.update(initialised_only=bool(initialised), **(meta or {}))
+        report.update(initialised_only=bool(initialised), cpu=cpu_info(), **(meta or {}))
+        if int8:
+            here = resolve_target("auto")
+            report["int8"] = {"target": target, "requested": int8_target,
+                              "settings": settings, "measured_on": here,
+                              "measured_on_target": here == target,
+                              "top1_bound": INT8_TOP1_BOUND}
+        report["warnings"] = int8_warnings(report)
         bad = {k: v for k, v in report["max_abs_diff"].items()
                if not k.endswith("_int8") and not v <= TOLERANCE}
         if bad:
@@ -160,7 +177,29 @@ def _swap_into_place(tmp, out, overwrite):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def int8_warnings(report):
+    """Sentences about int8 artefacts a user must not miss: a top-1 drop beyond the report's
+    bound against the float artefact of the same runtime, and a measurement made on another
+    kind of CPU than the target."""
+    info = report.get("int8")
+    if not info:
+        return []
+    out = []
+    if not info["measured_on_target"]:
+        out.append(f"int8 made for {info['target']} CPUs was measured here, on a "
+                   f"{info['measured_on']} CPU: its accuracy on the target is not measured")
+    top1s = report.get("top1", {})
+    for fmt in INT8_FORMATS:
+        f, q = top1s.get(fmt), top1s.get(fmt + "_int8")
+        if f is not None and q is not None and f - q > info["top1_bound"]:
+            out.append(f"{fmt} int8 top-1 {q:.4f} is {100 * (f - q):.1f} points below float "
+                       f"{f:.4f} on {report.get('evaluated_images')} images (bound "
+                       f"{100 * info['top1_bound']:g} point)")
+    return out
+
+
 def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evaluation):
+    """`int8`: None, or the settings of `tfnas.cpuinfo.int8_settings`."""
     import keras
     import tensorflow as tf
     shape = tuple(model.input_shape[1:])
@@ -214,6 +253,7 @@ def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evalu
 
 
 def _write_onnx(serving, tmp, shape, opset, int8, calibration, report):
+    """model.onnx, and model_int8.onnx with `int8`'s ONNX settings."""
     import onnxruntime as ort
     import tensorflow as tf
     import tf2onnx
@@ -237,9 +277,12 @@ def _write_onnx(serving, tmp, shape, opset, int8, calibration, report):
 
     prepared = os.path.join(tmp, "prepared.onnx")  # shape inference + graph optimisation
     quant_pre_process(path, prepared, skip_symbolic_shape=True)
+    cfg = int8["onnx"]
     quantize_static(prepared, os.path.join(tmp, "model_int8.onnx"), Reader(),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    quant_format=QuantFormat[cfg["format"]], per_channel=cfg["per_channel"],
+                    activation_type=QuantType[cfg["activation_type"]],
+                    weight_type=QuantType[cfg["weight_type"]],
+                    reduce_range=cfg["reduce_range"])
     os.remove(prepared)
     return ["model.onnx", "model_int8.onnx"]
 

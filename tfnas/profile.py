@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from tfnas.artifacts import ARTEFACTS, artefact_label, load_runner
+from tfnas.cpuinfo import cpu_info, runtime_settings
 from tfnas.errors import UsageError
 from tfnas.io import MARKER, atomic_write_json
 
@@ -65,6 +66,7 @@ def profile_export(folder, threads=2, batch_sizes=(1, 32), runs=30, warmup=5,
     report = {"threads": int(threads), "batch_sizes": [int(b) for b in batch_sizes],
               "machine": {"processor": platform.processor() or platform.machine(),
                           "cpus": os.cpu_count()},
+              "cpu": cpu_info(), "runtime_settings": runtime_settings(),
               "size_bytes": {artefact_label(n): disk_size(os.path.join(folder, n))
                              for n in present},
               "latency": {}}

@@ -1,0 +1,106 @@
+"""What a run needs to know about the CPU it runs on: model, the ISA features that change
+numbers or speed (AVX2, AVX-512, VNNI, AMX, ARM dot products), the oneDNN and thread
+settings, and the int8 target that follows from them.
+
+Why int8 depends on the CPU: onnxruntime's x86 int8 kernels multiply u8 activations by s8
+weights. Without VNNI (AVX2-only x86: AMD EPYC before Zen 4, older Xeons) the instruction
+used (`vpmaddubsw`) adds pairs of products into 16 bits, which saturates when both
+activations are large and weights reach the full 8-bit range: a model calibrated and checked
+on a VNNI machine can lose accuracy silently on such a server (measured on an AMD EPYC: the
+largest output error was 48% of the output scale instead of under 25%). Quantizing weights
+to 7 bits (`reduce_range`) keeps every pair sum below 2**15 (255 * 64 * 2 = 32640). VNNI
+(`vpdpbusd`) and ARM (`sdot`) accumulate in 32 bits and need no such care.
+
+No TensorFlow import here: `tools/cpu_report.py` prints it before anything heavy loads.
+"""
+
+import os
+import platform
+
+from tfnas.errors import UsageError
+
+INT8_TARGETS = ("auto", "vnni", "avx2", "arm")
+ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+       "amx_int8", "amx_bf16", "asimd", "asimddp", "sve")
+
+
+def _proc_cpuinfo(path="/proc/cpuinfo"):
+    """(vendor, model name, flags) from the first processor of /proc/cpuinfo ('' and an empty
+    set where it cannot be read: another OS)."""
+    vendor, model, flags = "", "", set()
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip().lower(), value.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value
+                elif key in ("model name", "hardware", "cpu model") and not model:
+                    model = value
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+                elif not line.strip() and flags:
+                    break
+    except OSError:
+        pass
+    return vendor, model, flags
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """{"machine", "vendor", "model", "cores", "isa": {feature: bool}} of this machine."""
+    vendor, model, flags = _proc_cpuinfo(path)
+    return {"machine": platform.machine(), "vendor": vendor,
+            "model": model or platform.processor() or "unknown", "cores": os.cpu_count(),
+            "isa": {name: name in flags for name in ISA}}
+
+
+def runtime_settings():
+    """The environment that changes TensorFlow's CPU kernels and threads."""
+    names = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+             "TF_NUM_INTEROP_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    out = {n: os.environ.get(n) for n in names}
+    if out["TF_ENABLE_ONEDNN_OPTS"] is None:
+        out["TF_ENABLE_ONEDNN_OPTS"] = ("unset: TensorFlow turns oneDNN on by itself only on "
+                                        "CPUs with AVX512_VNNI, AVX_VNNI, AVX512_BF16 or AMX")
+    return out
+
+
+def int8_target(requested="auto", info=None):
+    """The int8 target `requested` resolves to: "auto" is this machine's (`info`: a
+    `cpu_info()`, default this machine).
+
+    Raises:
+        UsageError: an unknown target.
+    """
+    if requested not in INT8_TARGETS:
+        raise UsageError(f"--int8_target={requested!r} is invalid: expected one of "
+                         f"{', '.join(INT8_TARGETS)}")
+    if requested != "auto":
+        return requested
+    info = info or cpu_info()
+    if info["machine"].lower() in ("aarch64", "arm64") or info["isa"].get("asimd"):
+        return "arm"
+    isa = info["isa"]
+    return "vnni" if isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8") \
+        else "avx2"
+
+
+def int8_settings(target):
+    """The quantization settings of each int8 format for a resolved `target`."""
+    return {
+        "onnx": {"format": "QDQ", "per_channel": True, "activation_type": "QInt8",
+                 "weight_type": "QInt8",
+                 # 7-bit weights where u8 x s8 pair sums saturate 16 bits (module docstring)
+                 "reduce_range": target == "avx2"},
+        # TFLite's converter has no such option; its int8 kernels (XNNPACK / ruy) accumulate
+        # in 32 bits on every target
+        "tflite": {"scheme": "full integer (TFLITE_BUILTINS_INT8), per-channel weights, "
+                             "float32 input and output"},
+    }
+
+
+def describe(info=None):
+    """One line: 'Intel(R) Xeon(R) ... (x86_64; avx2 fma avx512f avx512_vnni ...)'."""
+    info = info or cpu_info()
+    flags = " ".join(k for k, v in info["isa"].items() if v) or "no listed ISA features"
+    return f"{info['model']} ({info['machine']}, {info['cores']} cores; {flags})"
