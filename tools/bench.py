@@ -260,8 +260,11 @@ def main():
             rate = input_rate(a.input, CONFIGS[name]["batch"])
             results[-1].update(input=a.input, input_pipeline_images_per_s=rate,
                                input_over_step=rate / results[-1]["images_per_s"])
+    from tfnas.cpuinfo import cpu_info, describe, runtime_settings
     print(json.dumps({"results": results, "cpu_count": os.cpu_count(),
+                      "cpu": cpu_info(), "runtime_settings": runtime_settings(),
                       "load_avg_1min_at_end": os.getloadavg()[0]}, indent=1))
+    print(f"measured on: {describe()}", file=sys.stderr)  # every figure says its CPU
 
 
 if __name__ == "__main__":
