@@ -416,3 +416,22 @@ def test_train_history_is_cut_when_no_epoch_was_committed(tmp_path):
     hist.write_text("epoch,loss\n0,2.5\n")
     assert restore(None, str(tmp_path / "backup"), str(hist)) == 0
     assert hist.read_text() == "epoch,loss\n"
+
+
+def test_only_commands_with_step_loops_take_over_sigterm():
+    """export, report, profile... have no step boundary to stop at: SIGTERM must still end
+    them (Python's default), not set a flag nobody reads."""
+    from tfnas import cli
+    for cmd in (["list", "zoo"], ["query", "--table=x.csv", "--arch_str=y"],
+                ["export", "--genotype=darts_v2", "--out=x"], ["report", "--workdir=x"]):
+        assert not cli._polls_for_stop(cli.build_parser().parse_args(cmd)), cmd
+    for cmd in (["search", "--workdir=x"], ["select", "--workdir=x"],
+                ["train", "--genotype=darts_v2", "--workdir=x"]):
+        assert cli._polls_for_stop(cli.build_parser().parse_args(cmd)), cmd
+    assert cli._polls_for_stop(cli.build_parser().parse_args(
+        ["analyze", "strength", "--workdir=x"]))
+    assert not cli._polls_for_stop(cli.build_parser().parse_args(
+        ["analyze", "skip_gap", "--workdir=x"]))
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["list", "zoo"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == before

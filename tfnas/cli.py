@@ -260,9 +260,16 @@ def cmd_search(args):
     return 0
 
 
+def _polls_for_stop(args):
+    """Commands with step loops that poll `STOP` (tfnas.interrupt): search, select, train
+    and analyze strength. Export, report, profile and the rest have no step boundary to
+    stop at, so SIGTERM keeps ending them at once (their writes are atomic)."""
+    return args.command in ("search", "select", "train") or (
+        args.command == "analyze" and args.kind == "strength")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    STOP.install()  # SIGTERM / SIGINT: save at the next step boundary (tfnas.interrupt)
     try:
         for arg in argv:
             if arg.startswith("--") and arg != "--" and not _FLAG_LINE.fullmatch(arg):
@@ -274,6 +281,8 @@ def main(argv=None):
         if os.environ.get("TFNAS_TRACEBACK"):  # the whole traceback, Keras frames included
             import keras
             keras.config.disable_traceback_filtering()
+        if _polls_for_stop(args):  # the others keep Python's default: SIGTERM ends them
+            STOP.install()  # SIGTERM / SIGINT: save at the next step boundary
         return args.handler(args)
     except Interrupted as e:
         print(f"tfnas: {e}", file=sys.stderr)
