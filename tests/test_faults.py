@@ -174,6 +174,11 @@ CASES = {
     "workdir under a dangling symlink": (["search", "--workdir={sb}/dangling/run1"], 2,
                                          "dangling is a symbolic link to /nonexistent-disk/runs, "
                                          "which does not exist", None),
+    "export out is a dangling symlink": (["export", "--genotype=darts_v2", "--out={sb}/dangling"],
+                                         2, "--out={sb}/dangling: {sb}/dangling is a symbolic "
+                                            "link to /nonexistent-disk/runs", None),
+    "negative cpu devices": (["search", "--cpu_devices=-3", "--workdir={sb}/r"], 2,
+                             "--cpu_devices=-3 is invalid", "{sb}/r"),
     "select workdir is a dangling symlink": (["select", "--workdir={sb}/dangling"], 2,
                                              "which does not exist (a disk that is not mounted?)",
                                              None),

@@ -12,6 +12,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 def split_cpu(n):
     """Splits the CPU into `n` logical devices (call before TensorFlow initialises devices)."""
     import tensorflow as tf
+    if not 0 <= n <= 1024:
+        raise UsageError(f"--cpu_devices={n} is invalid: expected 0 (no split) to 1024")
     if n <= 1:
         return
     cpu = tf.config.list_physical_devices("CPU")[0]

@@ -21,7 +21,7 @@ from tfnas import precision
 from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
 from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
-from tfnas.io import MARKER, TMP_PREFIX, check_folder, dumps, umask_mode
+from tfnas.io import MARKER, TMP_PREFIX, check_folder, check_links, dumps, umask_mode
 
 FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 DEFAULT_FORMATS = ("keras", "savedmodel", "onnx")
@@ -73,6 +73,7 @@ def check_export_out(out, overwrite=False):
     Raises:
         UsageError: one sentence saying why and what to do.
     """
+    check_links(out, "--out")  # a loop or a dangling link: named as such
     check_folder(os.path.dirname(os.path.abspath(out)), "--out's parent")
     if os.path.isfile(out) or os.path.islink(out):
         raise UsageError(f"--out={out} is a file; tfnas never replaces a file: pass a new "
