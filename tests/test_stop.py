@@ -189,9 +189,10 @@ def test_fit_stops_without_committing_a_partial_epoch(tmp_path, capfd, monkeypat
     seen = [0]
 
     def batch_end(self, batch, logs=None):
-        seen[0] += 1
-        if seen[0] == 6:  # epoch 2, 2nd batch
-            os.kill(os.getpid(), signal.SIGTERM)
+        if not self.after_commit:  # one of the two guards counts
+            seen[0] += 1
+            if seen[0] == 6:  # epoch 2, 2nd batch
+                os.kill(os.getpid(), signal.SIGTERM)
         return real(self, batch, logs)
     monkeypatch.setattr(train_mod.StopRequestGuard, "on_train_batch_end", batch_end)
     wd = tmp_path / "b"
@@ -435,3 +436,26 @@ def test_only_commands_with_step_loops_take_over_sigterm():
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["list", "zoo"]) == 0
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_fit_stopped_in_an_epochs_last_step_commits_that_epoch(tmp_path, capfd, monkeypatch):
+    """A request during the last step lets the epoch finish and be committed, then stops."""
+    from tfnas import train as train_mod
+    base = ["train", "--genotype=darts_v2", "--dataset=digits", "--channels=4", "--layers=3",
+            "--epochs=3", "--batch_size=64", "--limit_examples=256", "--auxiliary=false",
+            "--cutout=false", f"--workdir={tmp_path}"]
+    real = train_mod.StopRequestGuard.on_train_batch_end
+    seen = [0]
+
+    def batch_end(self, batch, logs=None):
+        if not self.after_commit:
+            seen[0] += 1
+            if seen[0] == 4:  # the last of epoch 1's 4 steps
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, batch, logs)
+    monkeypatch.setattr(train_mod.StopRequestGuard, "on_train_batch_end", batch_end)
+    assert main(base) == 143
+    err = capfd.readouterr().err
+    assert f"the state after epoch 1 is committed in {tmp_path}/train/backup" in err
+    assert len((tmp_path / "train" / "history.csv").read_text().splitlines()) == 2
+    assert os.listdir(tmp_path / "train" / "backup") == ["epoch-00001"]

@@ -218,7 +218,8 @@ def _callbacks(model, config, out, monitor):
                         history=os.path.join(out, "history.csv")),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
-        FitBackup(os.path.join(out, "backup")),  # last: commits what the others wrote
+        FitBackup(os.path.join(out, "backup")),  # commits what the others wrote
+        StopRequestGuard(os.path.join(out, "backup"), after_commit=True),
     ]
 
 
@@ -241,23 +242,32 @@ class FiniteGuard(keras.callbacks.Callback):
 
 
 class StopRequestGuard(keras.callbacks.Callback):
-    """Ends `fit` with `Interrupted` at the first batch boundary after SIGTERM / SIGINT
-    (`tfnas.interrupt`), before any epoch-end callback could commit a partial epoch: the
-    run resumes from its last committed epoch (fit keeps no state inside an epoch)."""
+    """Ends `fit` with `Interrupted` after SIGTERM / SIGINT (`tfnas.interrupt`): inside an
+    epoch at the next batch boundary, before any epoch-end callback could commit a partial
+    epoch (fit keeps no state inside an epoch: the rerun redoes it from the last commit); a
+    request during an epoch's last step lets the epoch finish, and `after_commit` (the
+    instance placed after FitBackup) stops once it is committed."""
 
-    def __init__(self, backup):
+    def __init__(self, backup, after_commit=False):
         super().__init__()
-        self.backup, self.epoch = backup, 0
+        self.backup, self.after_commit, self.epoch = backup, after_commit, 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         from tfnas.interrupt import STOP
-        if STOP.requested:
+        if STOP.requested and not self.after_commit and \
+                batch + 1 < (self.params or {}).get("steps", float("inf")):
             STOP.check(f"epoch {self.epoch + 1} stopped after step {batch + 1}; the epochs "
                        f"before it are committed in {self.backup} and the rerun starts epoch "
                        f"{self.epoch + 1} again")
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tfnas.interrupt import STOP
+        if STOP.requested and self.after_commit and \
+                epoch + 1 < (self.params or {}).get("epochs", 0):
+            STOP.check(f"the state after epoch {epoch + 1} is committed in {self.backup}")
 
 
 class AtomicModelSave(keras.callbacks.Callback):
