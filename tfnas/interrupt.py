@@ -92,4 +92,13 @@ class StopRequest:
                               signum)
 
 
+    def stop_in_epoch(self, save, epoch, step):
+        """Ends an epoch that a stop request (here or, agreed by the caller, on another
+        worker) interrupts after `step`: `save()` writes the partial state and returns where
+        (None when there is nothing to save), then `Interrupted` is raised."""
+        where = save() if save else None
+        self.check(where or f"epoch {epoch + 1} stopped after step {step}; its state is not "
+                            f"saved here", peer=True)
+
+
 STOP = StopRequest()

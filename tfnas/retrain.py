@@ -192,17 +192,20 @@ class RetrainLoop:
             done += len(losses)
             bar.update(done, [("loss", losses[-1])])
             if done < self.steps and self._stop_agreed(STOP.requested):
-                where = None
-                if self.is_chief:
-                    self.checkpointer.save_partial(dict(state, partial={
-                        "step": done, "metrics": metric_state(self.metrics)}))
-                    where = (f"the state of epoch {epoch + 1} after step {done} is saved in "
-                             f"{self.checkpointer.folder}")
-                STOP.check(where or f"the chief saves the state of epoch {epoch + 1} after "
-                                    f"step {done}", peer=True)
+                STOP.stop_in_epoch(lambda: self._save_partial(epoch, done, state), epoch,
+                                   done)
         if self.strategy.num_replicas_in_sync > 1 and self.bn_stats:
             self._average_bn_fn()
         return {n: float(self.metrics[n].result()) for n in self.names}
+
+    def _save_partial(self, epoch, step, state):
+        """Saves the loop `state` with the position inside `epoch` (chief); returns where."""
+        if not self.is_chief:
+            return f"the chief saves the state of epoch {epoch + 1} after step {step}"
+        self.checkpointer.save_partial(dict(state, partial={
+            "step": step, "metrics": metric_state(self.metrics)}))
+        return (f"the state of epoch {epoch + 1} after step {step} is saved in "
+                f"{self.checkpointer.folder}")
 
     def evaluate(self):
         """fit's validation logs on the test split ({} without one)."""

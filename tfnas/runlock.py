@@ -22,7 +22,6 @@ import errno
 import json
 import os
 import socket
-import sys
 import time
 
 from tfnas.errors import WorkdirError
@@ -136,11 +135,9 @@ class WorkdirLock:
         return False
 
 
-def workdir_lock(folder, command=None):
+def workdir_lock(folder, command):
     """A context manager holding the lock of `folder` (created if missing, and removed again
-    if it is still empty at the end)."""
-    if command is None:
-        command = " ".join(a for a in sys.argv[1:2]) or "python"
+    if it is still empty at the end); `command` names the holder in a refusal."""
     return WorkdirLock(folder, command)
 
 

@@ -276,11 +276,11 @@ class SearchLoop:
 
         `data_epoch` seeds the batch order (default `epoch`); selection tuning passes its own
         counter so its batches differ from the search's, and `tuning=True` (perturbations
-        use their tuning strength). `resume` ({"step", "metrics"}, from `partial_state`)
+        use their tuning strength). `resume` ({"step", "metrics"}, what `on_stop` was given)
         continues an epoch stopped after that step, on the batches it would have seen. On a
         stop request (SIGTERM / SIGINT, `tfnas.interrupt`) between two steps of the epoch,
-        `on_stop(partial_state)` saves the state and returns where (chief) or None, and
-        `Interrupted` is raised; a request during the last step is left to the caller.
+        `on_stop({"step", "metrics"})` saves the state and returns where, and `Interrupted`
+        is raised; a request during the last step is left to the caller.
         """
         self.w_opt.learning_rate.assign(lr)
         self.perturbation.begin_epoch(self, epoch, tuning)
@@ -309,10 +309,8 @@ class SearchLoop:
             done += len(losses)
             bar.update(done, [("loss", losses[-1])])
             if done < self.steps and self._stop_agreed(STOP.requested):
-                where = on_stop({"step": done, "metrics": metric_state(self.metrics)}) \
-                    if on_stop else None
-                STOP.check(where or f"epoch {epoch + 1} stopped after step {done}; its state "
-                                    f"is not saved here", peer=True)
+                partial = {"step": done, "metrics": metric_state(self.metrics)}
+                STOP.stop_in_epoch(on_stop and (lambda: on_stop(partial)), epoch, done)
         record = {"epoch": epoch, "lr": lr,
                   "train_loss": float(self.metrics["train_loss"].result()),
                   "train_acc": float(self.metrics["train_acc"].result())}

@@ -128,8 +128,7 @@ def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=Non
     for k in range(first, epochs):
         t0 = time.time()
         if k > first and STOP.requested:  # between two tuning epochs
-            partial = {"step": 0, "metrics": {}}
-            STOP.check(on_stop(dict(partial, tune_epoch=k)) if on_stop else
+            STOP.check(on_stop({"tune_epoch": k, "step": 0, "metrics": {}}) if on_stop else
                        f"tuning stopped after epoch {k}; its state is not saved here")
         stop = on_stop and (lambda p, k=k: on_stop(dict(p, tune_epoch=k)))
         rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True,
