@@ -73,6 +73,89 @@ def test_primitives_with_a_planted_evaluate():
     assert row["decided_before"] and row["choice"] == "sep_conv_3x3"
 
 
+def _planted_node(space_name="darts"):
+    """The normal ArchParameters of a DARTS-family space and its node with 5 inputs."""
+    from tfnas.spaces import get_space
+    from tfnas.supernet.mixed import ArchParameters
+    space = get_space(space_name)
+    cspace = space.cells["normal"]
+    arch = ArchParameters([len(o) for o in cspace.ops])
+    arch.build(None)
+    node = max(cspace.nodes, key=lambda n: len(cspace.node_edges(n)))
+    return space, cspace, arch, node, cspace.node_edges(node)
+
+
+def test_topology_never_drops_an_edge_decided_before():
+    """An edge decided before the selection (SGAS during the search) survives every round,
+    even when its removal would score best; the other rounds go by the planted scores."""
+    from tfnas.derive import decide_topology
+    space, cspace, arch, node, eids = _planted_node()
+    assert len(eids) == 5
+    value = dict(zip(eids, [0.5, 0.4, 0.01, 0.3, 0.2]))  # input 2 matters least
+
+    def evaluate():
+        live = arch.live()
+        return (1.0, sum(value[e] for e in eids if live[e]))
+
+    arch.fix_edge(eids[2], 0)
+    for rule in ("reference", "cumulative"):
+        for e in eids:
+            arch.remove_edge(e, removed=False)
+        row = decide_topology(arch, space, "normal", node, evaluate, keep=[eids[2]],
+                              rule=rule)
+        assert row["kept_inputs"] == [0, 2] and row["kept_decided"] == [2]
+        assert [r["removed"] for r in row["rounds"]] == [eids[4], eids[3], eids[1]]
+        assert [bool(x) for x in arch.live()[eids]] == [True, False, True, False, False]
+        for e in eids:  # without `keep`, input 2 is the first to go
+            arch.remove_edge(e, removed=False)
+        row = decide_topology(arch, space, "normal", node, evaluate, rule=rule)
+        assert row["rounds"][0]["removed"] == eids[2] and 2 not in row["kept_inputs"]
+    with pytest.raises(ValueError, match="3 inputs were decided before"):
+        for e in eids:
+            arch.remove_edge(e, removed=False)
+        decide_topology(arch, space, "normal", node, evaluate, keep=eids[:3])
+
+
+def test_topology_rules_reference_scores_leave_one_out_cumulative_keeps_removals():
+    """Planted accuracies with an interaction: after input 0 goes, removing input 3 costs
+    nothing. The reference rule scores each round from the full node (earlier rounds' edges
+    present again) and drops the next worst single edge; the cumulative rule sees the
+    interaction."""
+    from tfnas.derive import decide_topology
+    space, cspace, arch, node, eids = _planted_node()
+    e0, e1, e2, e3 = eids[:4]
+    arch.remove_edge(eids[4])  # a node with 4 live inputs: two rounds
+    single = {e0: 0.9, e1: 0.8, e2: 0.7, e3: 0.6}
+    after_e0 = {e1: 0.5, e2: 0.6, e3: 0.95}
+    seen = []
+
+    def evaluate():
+        gone = {e for e in eids[:4] if not arch.live()[e]}
+        seen.append(frozenset(gone))
+        if not gone:
+            return (1.0, 0.92)
+        if len(gone) == 1:
+            return (1.0, single[gone.pop()])
+        assert e0 in gone and len(gone) == 2
+        return (1.0, after_e0[(gone - {e0}).pop()])
+
+    row = decide_topology(arch, space, "normal", node, evaluate, rule="reference")
+    assert [r["removed"] for r in row["rounds"]] == [e0, e1]
+    assert row["kept_inputs"] == [cspace.edges[e][1] for e in (e2, e3)]
+    assert row["rule"] == "reference"
+    assert all(len(g) <= 1 for g in seen[:-1])  # never scored with two removed
+    assert row["rounds"][1]["scores"] == {str(e): {"loss": 1.0, "acc": single[e]}
+                                          for e in (e1, e2, e3)}
+    assert [bool(arch.live()[e]) for e in eids[:4]] == [False, False, True, True]
+    for e in eids[:4]:
+        arch.remove_edge(e, removed=False)
+    row = decide_topology(arch, space, "normal", node, evaluate, rule="cumulative")
+    assert [r["removed"] for r in row["rounds"]] == [e0, e3]
+    assert [bool(arch.live()[e]) for e in eids[:4]] == [False, True, True, False]
+    with pytest.raises(ValueError, match="topology rule 'x' is unknown"):
+        decide_topology(arch, space, "normal", node, evaluate, rule="x")
+
+
 def test_select_magnitude_pt_mag_and_errors():
     net, ds = _tiny()
     mag = select(net, ds, selector="magnitude")

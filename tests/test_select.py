@@ -23,6 +23,15 @@ def test_schedule_matches_the_reference():
     assert sorted(t["reduce"] for _, t in ev[14:]) == [3, 4, 5]
     assert ev == decision_events(get_space("darts"), seed=2)
     assert len(decision_events(get_space("nb201"), seed=0)) == 6
+    # tuning epochs after each event: DARTS 5 * 16 + 1 = 81 in all, one after the last;
+    # NB201 5 * (6 - 1) = 25 in all: decisions at epochs 0, 5, 10, 15, 20 and 24
+    darts = get_space("darts").tuning_epochs(17, 5)
+    assert darts == [5] * 16 + [1] and sum(darts) == 81
+    nb201 = get_space("nb201").tuning_epochs(6, 5)
+    assert nb201 == [5, 5, 5, 5, 4, 1] and sum(nb201) == 25
+    assert [sum(nb201[:i]) for i in range(6)] == [0, 5, 10, 15, 20, 24]
+    assert get_space("nb201").tuning_epochs(6, 0) == [0] * 5 + [1]
+    assert get_space("s3").tuning_epochs(17, 0) == [0] * 16 + [1]
 
 
 @pytest.mark.slow
@@ -205,13 +214,15 @@ def test_topology_removes_a_useless_input(planted, tmp_path):
     eids = list(cspace.node_edges(3))
     assert [cspace.edges[e][1] for e in eids] == [0, 1, 2]
     arch = loop.model.arch("normal")
+    # the selectors first: edges fixed before one is made count as decided by the search
+    selectors = {crit: PerturbationSelector(loop, SelectConfig(crit=crit, score_batches=0),
+                                            str(tmp_path / crit), log=lambda s: None)
+                 for crit in ("acc", "loss")}
     for e in eids[:2]:
         arch.remove_edge(e, removed=False)
         arch.fix_edge(e, 1)
         _zero_op(loop, "normal", e, 1)
-    for crit in ("acc", "loss"):
-        selector = PerturbationSelector(loop, SelectConfig(crit=crit, score_batches=0),
-                                        str(tmp_path / crit), log=lambda s: None)
+    for crit, selector in selectors.items():
         row = selector.decide_topology("normal", 3)
         removed = row["rounds"][0]["removed"]
         assert removed in eids[:2] and 2 in row["kept_inputs"]

@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.derive.magnitude import magnitude_genotype
-from tfnas.derive.perturbation import decide_op, decide_topology, decision_events
+from tfnas.derive.perturbation import (TOPOLOGY_RULES, decide_op, decide_topology,
+                                       decision_events)
 from tfnas.derive.selectors import SELECTORS, get_selector
 from tfnas.errors import UsageError
 
@@ -64,7 +65,8 @@ def make_tune(supernet, dataset, steps, lr=0.0025, momentum=0.9):
 
 
 def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_lr=0.0025,
-           crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None):
+           crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None,
+           topology_rule="reference"):
     """Derives an architecture from a trained supernet by perturbation (paper Algorithm 1).
 
     Args:
@@ -84,6 +86,8 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         budget: optional `tfnas.derive.budget.Budget`: each decision keeps the most
             important op (removes the least important edge) that still lets the final
             network fit it.
+        topology_rule: "reference" or "cumulative" (`decide_topology`). Edges decided
+            before the call (e.g. by SGAS) stay as they are.
     Returns:
         The Genotype; `genotype.meta["decisions"]` holds every decision row (and
         `meta["budget"]` the budget and the final cost).
@@ -91,7 +95,7 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         UsageError: an unknown selector or criterion, an empty dataset, or a budget that no
             architecture of the space meets.
     """
-    chooser = _check_select_args(selector, crit, budget)
+    chooser = _check_select_args(selector, crit, budget, topology_rule)
     space = supernet.space
     archs = {t: supernet.arch(t) for t in space.cell_types}
     if budget is not None:
@@ -102,11 +106,12 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     evaluate = make_evaluate(supernet, valid_data, bn_batch_stats)
     if isinstance(tune, tf.data.Dataset):
         tune = make_tune(supernet, tune, tune_steps, tune_lr)
+    before = {t: [e for e, d in enumerate(archs[t].decided()) if d] for t in space.cell_types}
     rows = []
     for i, (kind, targets) in enumerate(decision_events(space, seed)):
         for ctype, target in targets.items():
-            row = decide(archs, space, kind, ctype, target, evaluate, crit,
-                         budget=budget, selector=selector)
+            row = decide(archs, space, kind, ctype, target, evaluate, crit, budget=budget,
+                         selector=selector, keep=before[ctype], topology_rule=topology_rule)
             rows.append(dict(row, event=i))
             if log:
                 what = row.get("choice") if kind == "op" else row["kept_inputs"]
@@ -121,7 +126,7 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     return genotype
 
 
-def _check_select_args(selector, crit, budget):
+def _check_select_args(selector, crit, budget, topology_rule):
     """The registered selector's instance, or a UsageError for bad arguments."""
     if selector not in SELECTORS:
         raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
@@ -129,6 +134,9 @@ def _check_select_args(selector, crit, budget):
     chooser = get_selector(selector)
     if crit not in ("acc", "loss"):
         raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
+    if topology_rule not in TOPOLOGY_RULES:
+        raise UsageError(f"select: topology_rule {topology_rule!r} is unknown; expected one "
+                         f"of {', '.join(TOPOLOGY_RULES)}")
     if budget is not None and not chooser.decides:
         raise UsageError(f"select: a budget applies to selectors that decide edges, not "
                          f"{selector!r}")
@@ -136,10 +144,12 @@ def _check_select_args(selector, crit, budget):
 
 
 def decide(archs, space, kind, ctype, target, evaluate, crit="acc", budget=None,
-           selector="pt"):
+           selector="pt", keep=(), topology_rule="reference"):
     """One decision of an event ("op": edge `target`; "topology": node `target`) on the
     ArchParameters `archs[ctype]`, within `budget` when given (the row then holds
-    "budget_bound": the cheapest final cost still reachable after it)."""
+    "budget_bound": the cheapest final cost still reachable after it). `keep`: edges of
+    `ctype` decided before the selection (a topology decision never drops them);
+    `topology_rule`: see `decide_topology`."""
     arch = archs[ctype]
     if kind == "op":
         fits = None if budget is None else (
@@ -149,7 +159,8 @@ def decide(archs, space, kind, ctype, target, evaluate, crit="acc", budget=None,
     else:
         can_remove = None if budget is None else (
             lambda e: budget.removal_fits(archs, ctype, e))
-        row = decide_topology(arch, space, ctype, target, evaluate, crit, can_remove)
+        row = decide_topology(arch, space, ctype, target, evaluate, crit, can_remove,
+                              keep=keep, rule=topology_rule)
     if budget is not None:
         row["budget_bound"] = budget.lower_bound(archs)
     return row

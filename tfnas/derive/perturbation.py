@@ -69,21 +69,39 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
     return {**row, "acc_after": tuple(evaluate())[1], "choice": ops[choice]}
 
 
-def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remove=None):
-    """Drops input edges of `node`, one per round, until two remain: each round removes the
-    live edge whose absence leaves accuracy highest (`loss`: loss lowest; ties: the later
-    edge). Edges dropped in earlier rounds stay dropped while later rounds are scored.
-    `can_remove(edge) -> bool` (a budget) limits which edges a round may remove.
+TOPOLOGY_RULES = ("reference", "cumulative")
 
+
+def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remove=None,
+                    keep=(), rule="reference"):
+    """Drops input edges of `node`, one per round, until `space.inputs_per_node` remain: each
+    round removes the live edge whose absence leaves accuracy highest (`loss`: loss lowest;
+    ties: the later edge).
+
+    Args:
+        can_remove: optional callable(edge) -> bool (a budget): which edges a round may drop.
+        keep: edges that no round may drop (decided before the selection, e.g. by SGAS
+            during the search: a decision made final stays final).
+        rule: "reference" scores every remaining edge with only that edge removed (the
+            edges dropped in earlier rounds present again; the reference's `project_edge`
+            rebuilds its weights per candidate and removes the losers only at the end);
+            "cumulative" keeps earlier rounds' edges removed while later rounds are scored.
     Returns:
         {"kind": "topology", "cell", "node", "kept_inputs", "rounds", "acc_before",
-         "acc_after"}.
+         "acc_after", "rule"} (+ "kept_decided": the inputs that `keep` protected).
     """
+    if rule not in TOPOLOGY_RULES:
+        raise ValueError(f"topology rule {rule!r} is unknown; expected one of "
+                         f"{', '.join(TOPOLOGY_RULES)}")
     cspace = space.cells[cell_type]
     live = arch.live()
     eids = [e for e in cspace.node_edges(node) if live[e]]
+    protected = [e for e in eids if e in set(keep)]
+    if len(protected) > space.inputs_per_node:
+        raise ValueError(f"{cell_type} node {node}: {len(protected)} inputs were decided "
+                         f"before, more than the {space.inputs_per_node} it keeps")
     before = tuple(evaluate())
-    rounds = []
+    rounds, dropped = [], []
     while len(eids) > space.inputs_per_node:
         results = {}
         for e in eids:
@@ -92,16 +110,42 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remo
                 results[e] = tuple(evaluate())
             finally:
                 arch.remove_edge(e, removed=False)
-        removable = [e for e in eids if can_remove is None or can_remove(e)]
+        removable = [e for e in eids if e not in protected
+                     and (can_remove is None or _can_remove(arch, can_remove, e, dropped,
+                                                            rule))]
+        if not removable:
+            raise ValueError(f"{cell_type} node {node}: no input edge can be removed "
+                             f"(decided before or over the budget)")
         worst = max(removable, key=lambda e: (results[e][1] if crit == "acc"
                                               else -results[e][0], e))
-        arch.remove_edge(worst)
         eids.remove(worst)
+        dropped.append(worst)
+        if rule == "cumulative":
+            arch.remove_edge(worst)
         rounds.append({"scores": {str(e): {"loss": r[0], "acc": r[1]}
                                   for e, r in results.items()}, "removed": worst})
-    return {"kind": "topology", "cell": cell_type, "node": node,
-            "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
-            "acc_before": before[1], "acc_after": tuple(evaluate())[1]}
+    for e in dropped:
+        arch.remove_edge(e)
+    row = {"kind": "topology", "cell": cell_type, "node": node,
+           "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
+           "acc_before": before[1], "acc_after": tuple(evaluate())[1], "rule": rule}
+    if protected:
+        row["kept_decided"] = [cspace.edges[e][1] for e in protected]
+    return row
+
+
+def _can_remove(arch, can_remove, edge, dropped, rule):
+    """`can_remove(edge)` judged with this decision's earlier drops applied (the reference
+    rule applies them only at the end; a budget must still see them)."""
+    if rule == "cumulative" or not dropped:
+        return can_remove(edge)
+    for e in dropped:
+        arch.remove_edge(e)
+    try:
+        return can_remove(edge)
+    finally:
+        for e in dropped:
+            arch.remove_edge(e, removed=False)
 
 
 def decision_events(space, seed):

@@ -33,6 +33,7 @@ from tfnas.interrupt import STOP
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
 from tfnas.search.graphs import MODES as GRAPH_MODES
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
+from tfnas.derive.perturbation import TOPOLOGY_RULES
 
 
 @dataclasses.dataclass
@@ -54,6 +55,11 @@ class SelectConfig:
                                 "measured here once, kept in WORKDIR/selection)")
     final_channels: int = _f(0, "C of the final network the budget is about (0: the search's)")
     final_layers: int = _f(0, "cells of the final network (0: the search's)")
+    topology_rule: str = _f("reference", "topology rounds: reference (each remaining input "
+                                         "scored with only itself removed, as the authors' "
+                                         "code) | cumulative (earlier rounds' removals stay "
+                                         "out while later rounds are scored)",
+                            TOPOLOGY_RULES)
     prune_decided: str = _f("auto", "trace graphs without the ops that decided and removed "
                                     "edges make zero (the same function, less work; rounding "
                                     "differs by ~1e-7): auto (when the batches ahead pay for "
@@ -87,6 +93,9 @@ class SelectConfig:
         if budgets and not get_selector(self.selector).decides:
             raise ConfigError(f"{budgets[0]} applies to --selector=pt or pt_mag "
                               f"({self.selector} makes no decisions to constrain)")
+        if self.topology_rule not in TOPOLOGY_RULES:
+            raise ConfigError(f"--topology_rule={self.topology_rule!r} is invalid: expected "
+                              f"one of {', '.join(TOPOLOGY_RULES)}")
         if self.prune_decided not in GRAPH_MODES:
             raise ConfigError(f"--prune_decided={self.prune_decided!r} is invalid: expected "
                               f"one of {', '.join(GRAPH_MODES)}")
@@ -174,6 +183,12 @@ class PerturbationSelector:
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
+        self.tuning_epochs = self.space.tuning_epochs(len(self.events),
+                                                      config.tune_epochs_per_decision)
+        # edges the search decided (SGAS): final, whatever the selection's topology rounds
+        # score (read before `restore` loads the selection's own later decisions)
+        self.search_decided = {t: [e for e, d in enumerate(loop.model.arch(t).decided()) if d]
+                               for t in self.space.cell_types}
         self.restored_event, self._writer, self._last_score = -1, None, None
         self._resume = None  # a partial tuning state to continue (from `restore`)
         self._t_start, self._first = time.time(), 0
@@ -215,12 +230,13 @@ class PerturbationSelector:
                 self.config.score_batches)):  # before + each candidate + after
             self.log(self.loop.graphs.describe("eval"))
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
-                      budget=self.budget, selector=self.config.selector)
+                      budget=self.budget, selector=self.config.selector,
+                      keep=self.search_decided[ctype], topology_rule=self.config.topology_rule)
 
     def tune_after(self, i, resume=None):
-        """Progressive tuning after decision event `i` (one epoch after the last event);
+        """Progressive tuning after decision event `i` (`SearchSpace.tuning_epochs`);
         `resume`: a partial tuning state of this event to continue."""
-        epochs = 1 if i == len(self.events) - 1 else self.config.tune_epochs_per_decision
+        epochs = self.tuning_epochs[i]
         self._last_score = None  # the weights change
         tune_supernet(self.loop, epochs, self.config.tune_lr, data_base=10_000 + i * 100,
                       log=self.log, writer=self._writer, step_base=i * 1000, resume=resume,
@@ -300,7 +316,8 @@ class PerturbationSelector:
         g = magnitude_genotype(self.space, self.loop.model.arch_weights_numpy(), meta={
             "crit": self.config.crit, "seed": self.seed,
             "run": os.path.abspath(self.loop.workdir),
-            "tune_epochs_per_decision": self.config.tune_epochs_per_decision})
+            "tune_epochs_per_decision": self.config.tune_epochs_per_decision,
+            "tune_epochs": self.tuning_epochs})
         g.meta["selector"] = self.config.selector
         if self.budget is not None:
             g.meta["budget"] = dict(self.budget.to_json(), cost=self.budget.cost(g))

@@ -109,6 +109,16 @@ class SearchSpace:
         return [] if keep is None else [n for n in cspace.nodes
                                         if len(cspace.node_edges(n)) > keep]
 
+    def tuning_epochs(self, events, per_decision):
+        """Supernet tuning epochs after each of `events` selection decision events, as the
+        reference schedules them (REFERENCE 4.2, 4.6): `per_decision` after each event and 1
+        after the last; NB201 runs `per_decision * (events - 1)` epochs in all, so the event
+        before the last gets one epoch less."""
+        gaps = [per_decision] * (events - 1) + [1]
+        if self.family == "nb201" and events > 1:
+            gaps[-2] = max(per_decision - 1, 0)
+        return gaps
+
     def concat(self, cell_type):
         """The nodes a derived cell concatenates (DARTS family: every intermediate node), or
         None where the cell's output is its last node (NB201)."""
