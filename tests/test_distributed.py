@@ -301,8 +301,8 @@ def test_train_on_two_workers_matches_mirrored_and_resumes_after_a_lost_worker(t
     one = json.loads((tmp_path / "m" / "train" / "history.json").read_text())
     # training: equal to all-reduce rounding; validation reads the BN moving statistics,
     # which the two strategies average over replicas differently (2.2e-4 measured)
-    for key, tol in (("loss", 1e-5), ("accuracy", 1e-6), ("val_loss", 1e-3),
-                     ("val_accuracy", 1 / 360 + 1e-6)):
+    for key, tol in (("loss", 1e-5), ("accuracy", 1e-6), ("test_loss", 1e-3),
+                     ("test_accuracy", 1 / 360 + 1e-6)):
         assert np.allclose(whole[key], one[key], atol=tol), (key, whole[key], one[key])
     procs = _start_train_workers(tmp_path, "w")
     try:

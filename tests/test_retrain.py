@@ -34,20 +34,60 @@ def _run(wd, loop, log=lambda s: None, **kw):
 @pytest.mark.parametrize("auxiliary", [False, True])
 def test_custom_loop_takes_fits_steps(tmp_path, auxiliary):
     """Two epochs: the same batches, drop-path masks, losses, metrics and weights as fit."""
-    runs = {loop: _run(tmp_path / loop, loop, epochs=2, auxiliary=auxiliary)
-            for loop in ("fit", "custom")}
+    runs = {loop: _run(tmp_path / loop, loop, epochs=2, auxiliary=auxiliary,
+                       validation_split=0.25) for loop in ("fit", "custom")}
     fit, custom = runs["fit"].history, runs["custom"].history
     assert set(fit) == set(custom), (fit, custom)  # fit's history keys
-    for key in ("loss", "val_loss", "val_logits_accuracy" if auxiliary else "val_accuracy"):
+    acc = "logits_accuracy" if auxiliary else "accuracy"
+    for key in ("loss", "val_loss", "val_" + acc, "test_loss", "test_" + acc):
         assert custom[key] == pytest.approx(fit[key], abs=1e-6), key
     for a, b in zip(_weights(tmp_path / "fit"), _weights(tmp_path / "custom")):
         np.testing.assert_allclose(a, b, atol=1e-6)
     out = tmp_path / "custom" / "train"
     assert sorted(os.listdir(out)) == ["best.keras", "checkpoints", "config.json",
-                                       "history.csv", "history.json", "model.keras", "tb"]
+                                       "history.csv", "history.json", "model.keras",
+                                       "summary.json", "tb"]
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 2 and float(rows[1]["loss"]) == custom["loss"][1]
     assert json.load(open(out / "history.json")) == custom
+    for loop, h in (("fit", fit), ("custom", custom)):
+        summary = json.load(open(tmp_path / loop / "train" / "summary.json"))
+        assert summary["splits"] == {"train": 192, "validation": 64, "test": 360,
+                                     "validation_split": 0.25, "seed": 1}
+        assert summary["model.keras"]["epoch"] == 2
+        assert summary["model.keras"]["test_" + acc] == h["test_" + acc][1]
+        best = 1 if h["val_" + acc][1] > h["val_" + acc][0] else 0  # the first best
+        assert summary["best.keras"]["epoch"] == best + 1
+        assert summary["best.keras"]["val_" + acc] == h["val_" + acc][best]
+        assert summary["best.keras"]["test_" + acc] == h["test_" + acc][best]
+        assert "validation split" in summary["best.keras"]["chosen_by"]
+
+
+def test_no_validation_split_no_best_model_and_the_test_split_only_reports(tmp_path):
+    """Without --validation_split no file is chosen by the test split: model.keras is the
+    final epoch, test_* report it; the hold-out itself is seeded, disjoint and whole."""
+    from tfnas.data import hold_out, load_dataset
+    from tfnas.errors import DataError
+    h = _run(tmp_path / "w", "fit", epochs=1, auxiliary=False)
+    out = tmp_path / "w" / "train"
+    assert "best.keras" not in os.listdir(out)
+    assert not any(k.startswith("val_") for k in h.history) and "test_accuracy" in h.history
+    summary = json.load(open(out / "summary.json"))
+    assert summary["best.keras"] is None and summary["splits"]["validation"] == 0
+    assert summary["model.keras"]["test_accuracy"] == h.history["test_accuracy"][0]
+    data = load_dataset("digits", limit=100)
+    kept, (xv, yv) = hold_out(data, 0.1, seed=3)
+    again, (xv2, _) = hold_out(data, 0.1, seed=3)
+    assert len(yv) == 10 and len(kept.y_train) == 90
+    np.testing.assert_array_equal(xv, xv2)
+    np.testing.assert_array_equal(kept.x_train, again.x_train)
+    rows = {r.tobytes() for r in data.x_train}
+    assert {r.tobytes() for r in xv} | {r.tobytes() for r in kept.x_train} == rows
+    assert not ({r.tobytes() for r in xv} & {r.tobytes() for r in kept.x_train})
+    same, none = hold_out(data, 0.0, 3)
+    assert same is data and none is None
+    with pytest.raises(DataError, match="leaves 0 for validation and 100 for training"):
+        hold_out(data, 0.001, 3)
 
 
 class _Kill(Exception):

@@ -225,6 +225,9 @@ class TrainConfig:
     drop_path: float = _f(0.2, "final drop-path rate (ramped linearly over the epochs)")
     label_smoothing: float = _f(0.0, "label smoothing (0.1 for ImageNet)")
     seed: int = _f(2, "seed of weights and data order")
+    validation_split: float = _f(0.0, "hold out this fraction of the training set (drawn by "
+                                      "--seed) to choose best.keras by its accuracy; 0: no "
+                                      "best.keras (the test split never chooses a model)")
     mixed_precision: str = _f("float32", "float32, mixed_bfloat16 or mixed_float16: ops in 16 "
                                          "bits with float32 variables, BN statistics and loss "
                                          "(float16 with dynamic loss scaling)", PRECISIONS)
@@ -242,7 +245,7 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "grad_clip", "auxiliary_weight"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name,
                  "a non-negative number")
-        for name in ("drop_path", "label_smoothing"):
+        for name in ("drop_path", "label_smoothing", "validation_split"):
             need(0.0 <= getattr(self, name) < 1.0, name, "a number in [0, 1)")
         _check_choices_and_dataset(self)
         return self

@@ -41,7 +41,8 @@ from tfnas.io import atomic_path, atomic_write_json, atomic_write_text, fmt_time
 
 
 def metric_names(auxiliary):
-    """fit's history keys for one split (the validation ones are prefixed with `val_`)."""
+    """fit's history keys for one split (prefixed with `val_` for the validation split,
+    `test_` for the test split)."""
     if auxiliary:
         return ["loss", "logits_loss", "aux_logits_loss", "logits_accuracy"]
     return ["loss", "accuracy"]
@@ -53,15 +54,18 @@ class RetrainLoop:
     Args:
         model: the discrete network, built and compiled (ReferenceSGD) in `strategy`'s scope.
         config: the TrainConfig.
-        pipe: the input Pipeline; `train_size` training examples, `test` (x, y) or None.
+        pipe: the input Pipeline; `train_size` training examples, `test` (x, y) or None
+            (`test_*` in the history), `valid` (x, y) or None: the held-out validation split
+            (`val_*`) that chooses best.keras.
         steps: steps per epoch.
         out: WORKDIR/train (written by the chief only).
-        monitor: the history key whose best value selects best.keras.
+        monitor: the history key whose best value selects best.keras (None: none).
     """
 
     def __init__(self, model, config, pipe, train_size, test, steps, strategy, out,
-                 monitor, is_chief=True, log=print):
-        self.model, self.config, self.pipe, self.test = model, config, pipe, test
+                 monitor, is_chief=True, log=print, valid=None):
+        self.model, self.config, self.pipe = model, config, pipe
+        self.splits = {"val_": valid, "test_": test}
         self.train_size, self.steps, self.strategy = train_size, steps, strategy
         self.out, self.monitor, self.is_chief, self.log = out, monitor, is_chief, log
         opt = model.optimizer
@@ -77,7 +81,7 @@ class RetrainLoop:
             self.metrics = {f"{p}{n}": (keras.metrics.CategoricalAccuracy(name=p + n)
                                         if n.endswith("accuracy") else keras.metrics.Mean(
                                             name=p + n))
-                            for p in ("", "val_") for n in self.names}
+                            for p in ("", "val_", "test_") for n in self.names}
         groups = {"model": model.variables, "optimizer": self.opt.variables}
         if self.loss_scale:
             groups["loss_scale"] = self.loss_scale.variables
@@ -157,8 +161,8 @@ class RetrainLoop:
             for v, total in zip(self.bn_stats, sum_over_replicas(self.strategy, local)):
                 v.assign(total / n)
 
-    def _eval_step(self, x, y):
-        self.strategy.run(lambda a, b: self._losses(a, b, False, "val_"), args=(x, y))
+    def _eval_step(self, x, y, prefix):
+        self.strategy.run(lambda a, b: self._losses(a, b, False, prefix), args=(x, y))
 
     # --- epochs ------------------------------------------------------------------------------
     def _input(self, make):
@@ -208,15 +212,19 @@ class RetrainLoop:
                 f"{self.checkpointer.folder}")
 
     def evaluate(self):
-        """fit's validation logs on the test split ({} without one)."""
-        if self.test is None:
-            return {}
-        for batch in self._input(functools.partial(self.pipe.evaluation, *self.test)):
-            self._eval_fn(*batch)
-        logs = {"val_" + n: float(self.metrics["val_" + n].result()) for n in self.names}
-        if not math.isfinite(logs["val_loss"]):
-            raise TrainingError(f"training diverged: val_loss became {logs['val_loss']}; the "
-                                f"last good model and checkpoint are kept. Lower --lr")
+        """The logs of the validation (`val_*`) and test (`test_*`) splits, as fit's."""
+        logs = {}
+        for prefix, split in self.splits.items():
+            if split is None:
+                continue
+            for batch in self._input(functools.partial(self.pipe.evaluation, *split)):
+                self._eval_fn(*batch, prefix=prefix)
+            logs.update({prefix + n: float(self.metrics[prefix + n].result())
+                         for n in self.names})
+            if not math.isfinite(logs[prefix + "loss"]):
+                raise TrainingError(f"training diverged: {prefix}loss became "
+                                    f"{logs[prefix + 'loss']}; the last good model and "
+                                    f"checkpoint are kept. Lower --lr")
         return logs
 
     def resume(self):
@@ -269,8 +277,8 @@ class RetrainLoop:
         the epoch (same seeds: the same files again)."""
         with atomic_path(os.path.join(self.out, "model.keras")) as tmp:
             self.model.save(tmp)
-        value = logs.get(self.monitor)
-        lower = "loss" in self.monitor
+        value = logs.get(self.monitor) if self.monitor else None
+        lower = value is not None and "loss" in self.monitor
         if value is not None and math.isfinite(value) and (
                 state["best"] is None or (value < state["best"] if lower
                                           else value > state["best"])):

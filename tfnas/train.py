@@ -8,8 +8,10 @@ import os
 import keras
 
 from tfnas import precision
-from tfnas.errors import TrainingError, UsageError, WorkdirError
-from tfnas.io import atomic_path, atomic_write_json, check_folder, dumps, remove_stale_temps
+from tfnas.errors import UsageError, WorkdirError
+from tfnas.fit_callbacks import (AtomicModelSave, FiniteGuard, StopRequestGuard,  # noqa: F401
+                                 TestEvaluation)
+from tfnas.io import atomic_write_json, check_folder, dumps, remove_stale_temps
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -39,13 +41,16 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
               extra_callbacks=(), is_chief=True, loop="auto"):
     """Trains the discrete network of `genotype`; resumes an interrupted run in `workdir`.
 
-    Writes WORKDIR/train/: config.json, model.keras (last), best.keras (best test accuracy),
-    history.csv, history.json, tb/, and the resume state, kept when the run ends: backup/
-    (fit's, `tfnas.fit_state`) or checkpoints/ (the custom loop's). Only the chief writes.
+    Writes WORKDIR/train/: config.json, model.keras (the final epoch), best.keras (the
+    epoch of the best accuracy on the held-out validation split; only with
+    --validation_split), history.csv, history.json (`test_*`: the test split, `val_*`: the
+    validation split), summary.json (which split chose which file, and their test numbers),
+    tb/, and the resume state, kept when the run ends: backup/ (fit's, `tfnas.fit_state`) or
+    checkpoints/ (the custom loop's). Only the chief writes.
     Returns a Keras History (the custom loop's holds every epoch, resumed ones included).
     """
     import tensorflow as tf
-    from tfnas.data import load_dataset
+    from tfnas.data import hold_out, load_dataset
     from tfnas.grappler import apply_settings
     from tfnas.models import build_model, seed_drop_path
 
@@ -62,6 +67,7 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     # the data is read and validated before anything is written into the workdir
     data = load_dataset(config.dataset, config.data_dir, config.download, config.limit_examples,
                         config.skip_bad_images)
+    data, valid = hold_out(data, config.validation_split, config.seed)
     style = "imagenet" if config.form == "imagenet" else "cifar"
     _check_cutout(config, data, style)
     if is_chief:
@@ -79,32 +85,71 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
     log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
         f"parameters, {steps} steps per epoch, {config.epochs} epochs"
         + (" (tfnas's loop)" if loop == "custom" else ""))
-    monitor = _monitor(config, has_validation=len(data.x_test) > 0)
+    monitor = _monitor(config, has_validation=valid is not None)
+    test = (data.x_test, data.y_test) if len(data.x_test) else None
     if loop == "custom":
         from tfnas.retrain import RetrainLoop
-        test = (data.x_test, data.y_test) if len(data.x_test) else None
         history = keras.callbacks.History()
         history.history = RetrainLoop(model, config, pipe, len(data.x_train), test, steps,
-                                      strategy, out, monitor, is_chief, log).run()
-        return history
-    return _fit(model, config, pipe, data, steps, out, monitor, log, verbose, extra_callbacks)
+                                      strategy, out, monitor, is_chief, log, valid=valid).run()
+    else:
+        history = _fit(model, config, pipe, valid, test, steps, out, monitor, log, verbose,
+                       extra_callbacks)
+    if is_chief:
+        _summarize(out, history.history, config, monitor,
+                   {"train": len(data.y_train), "validation": 0 if valid is None else
+                    len(valid[1]), "test": 0 if test is None else len(test[1])}, log)
+    return history
 
 
-def _fit(model, config, pipe, data, steps, out, monitor, log, verbose, extra_callbacks):
+def _fit(model, config, pipe, valid, test, steps, out, monitor, log, verbose, extra_callbacks):
     """`model.fit` from the committed state of an interrupted run, if any."""
     from tfnas import fit_state
     start = fit_state.restore(model, os.path.join(out, "backup"),
                               os.path.join(out, "history.csv"))
     if start:
         log(f"resuming after epoch {start} (train/backup/)")
-    train_ds, val_ds = _datasets(config, pipe, data, start)
+    train_ds, val_ds, test_ds = _datasets(config, pipe, valid, test, start)
+    callbacks = [TestEvaluation(test_ds)] if test_ds is not None else []
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
                         initial_epoch=start, validation_data=val_ds, shuffle=False,
-                        callbacks=_callbacks(model, config, out, monitor)
+                        callbacks=callbacks + _callbacks(model, config, out, monitor)
                         + list(extra_callbacks), verbose=verbose)
     atomic_write_json(os.path.join(out, "history.json"),
                       _csv_history(os.path.join(out, "history.csv")))
     return history
+
+
+def _summarize(out, history, config, monitor, sizes, log):
+    """train/summary.json: which split chose which model file, with the test split's numbers
+    of each (the test split reports, it never chooses); one line each in the log."""
+    acc = "logits_accuracy" if config.auxiliary else "accuracy"
+    epochs = len(history.get("loss", []))
+    if not epochs:
+        return
+    def at(e):
+        return {k: history[k][e] for k in sorted(history) if k.startswith("test_")
+                and e < len(history[k])}
+    summary = {"splits": dict(sizes, validation_split=config.validation_split,
+                              seed=config.seed),
+               "model.keras": {"epoch": epochs, "chosen_by": "the final epoch",
+                               **at(epochs - 1)},
+               "best.keras": None}
+    log(f"model.keras: the final epoch {epochs}" + "".join(
+        f", {k} {v:.4f}" for k, v in summary["model.keras"].items() if k == "test_" + acc))
+    if monitor in history:
+        finite = [(v, e) for e, v in enumerate(history[monitor]) if v is not None
+                  and math.isfinite(v)]
+        if finite:
+            best_e = max(finite, key=lambda t: (t[0], -t[1]))[1]
+            summary["best.keras"] = {
+                "epoch": best_e + 1, "chosen_by": f"highest {monitor} on the validation split "
+                f"({sizes['validation']} training examples held out by --seed)",
+                monitor: history[monitor][best_e], **at(best_e)}
+            log(f"best.keras: epoch {best_e + 1} by {monitor} "
+                f"{history[monitor][best_e]:.4f}" + "".join(
+                    f", {k} {v:.4f}" for k, v in at(best_e).items() if k == "test_" + acc))
+    atomic_write_json(os.path.join(out, "summary.json"), summary)
 
 
 def _check_resume_state(out, loop):
@@ -128,7 +173,11 @@ def _csv_history(path):
             return float(text)
         except (TypeError, ValueError):
             return None
-    return {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+    history = {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {})
+               if k != "epoch"}
+    # Keras's CSVLogger adds an empty val_ column for every key when an epoch has no val_
+    # keys (no --validation_split): not a metric
+    return {k: v for k, v in history.items() if any(x is not None for x in v)}
 
 
 def _check_same_run(cfg_path, record, config):
@@ -158,11 +207,12 @@ def _pipeline(config, data, style):
     return pipe, max(1, len(data.x_train) // config.batch_size)
 
 
-def _datasets(config, pipe, data, start):
+def _datasets(config, pipe, valid, test, start):
     """fit's (training batches of epochs start.., each epoch seeded by its number as in the
-    custom loop; test batches or None)."""
+    custom loop; validation batches or None; test batches or None)."""
     import numpy as np
     import tensorflow as tf
+    data = pipe.data
     n_cls = data.num_classes
 
     def targets(x, y):
@@ -171,9 +221,9 @@ def _datasets(config, pipe, data, start):
 
     train_ds = pipe.epochs(np.arange(len(data.x_train)), start, config.epochs,
                            cutout_prob=1.0 if config.cutout else 0.0).map(targets)
-    val_ds = pipe.evaluation(data.x_test, data.y_test).map(targets) if len(data.x_test) \
-        else None
-    return train_ds, val_ds
+    val_ds, test_ds = (None if split is None else pipe.evaluation(*split).map(targets)
+                       for split in (valid, test))
+    return train_ds, val_ds, test_ds
 
 
 def _compile(model, config, steps):
@@ -199,9 +249,10 @@ def _compile(model, config, steps):
 
 
 def _monitor(config, has_validation):
-    """The history key whose best value selects best.keras."""
+    """The history key whose best value selects best.keras (None: no best.keras; the test
+    split never chooses)."""
     if not has_validation:
-        return "loss"
+        return None
     return "val_logits_accuracy" if config.auxiliary else "val_accuracy"
 
 
@@ -214,97 +265,13 @@ def _callbacks(model, config, out, monitor):
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: set_drop_path(
             model, e / config.epochs)),
         AtomicModelSave(os.path.join(out, "model.keras")),
-        AtomicModelSave(os.path.join(out, "best.keras"), monitor=monitor,
-                        history=os.path.join(out, "history.csv")),
+    ] + ([AtomicModelSave(os.path.join(out, "best.keras"), monitor=monitor,
+                          history=os.path.join(out, "history.csv"))] if monitor else []) + [
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tb")),
         FitBackup(os.path.join(out, "backup")),  # commits what the others wrote
         StopRequestGuard(os.path.join(out, "backup"), after_commit=True),
     ]
-
-
-class FiniteGuard(keras.callbacks.Callback):
-    """Stops `fit` with a TrainingError at the first non-finite training loss (checked every
-    batch) or validation loss, before any later callback saves a checkpoint or model: what
-    is on disk stays the last good state."""
-
-    def _check(self, logs, where):
-        for key, value in (logs or {}).items():
-            if "loss" in key and not math.isfinite(float(value)):
-                raise TrainingError(f"training diverged: {key} became {float(value)} {where}; "
-                                    f"the last good model and backup are kept. Lower --lr")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f"at step {batch}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, f"in epoch {epoch + 1}")
-
-
-class StopRequestGuard(keras.callbacks.Callback):
-    """Ends `fit` with `Interrupted` after SIGTERM / SIGINT (`tfnas.interrupt`): inside an
-    epoch at the next batch boundary, before any epoch-end callback could commit a partial
-    epoch (fit keeps no state inside an epoch: the rerun redoes it from the last commit); a
-    request during an epoch's last step lets the epoch finish, and `after_commit` (the
-    instance placed after FitBackup) stops once it is committed."""
-
-    def __init__(self, backup, after_commit=False):
-        super().__init__()
-        self.backup, self.after_commit, self.epoch = backup, after_commit, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        from tfnas.interrupt import STOP
-        if STOP.requested and not self.after_commit and \
-                batch + 1 < (self.params or {}).get("steps", float("inf")):
-            STOP.check(f"epoch {self.epoch + 1} stopped after step {batch + 1}; the epochs "
-                       f"before it are committed in {self.backup} and the rerun starts epoch "
-                       f"{self.epoch + 1} again")
-
-    def on_epoch_end(self, epoch, logs=None):
-        from tfnas.interrupt import STOP
-        if STOP.requested and self.after_commit and \
-                epoch + 1 < (self.params or {}).get("epochs", 0):
-            STOP.check(f"the state after epoch {epoch + 1} is committed in {self.backup}")
-
-
-class AtomicModelSave(keras.callbacks.Callback):
-    """Saves the model to `path` at the end of every epoch (or, with `monitor`, when the
-    monitored value improved), through a temp file and a rename: a kill never leaves a
-    truncated `.keras` file. The best value so far is read back from `history` (the
-    CSVLogger file) on resume, so a resumed run does not overwrite a better `best.keras`."""
-
-    def __init__(self, path, monitor=None, history=None):
-        super().__init__()
-        self.path, self.monitor, self.history = path, monitor, history
-        self.lower_is_better = bool(monitor) and "loss" in monitor
-        self.best = None
-
-    def on_train_begin(self, logs=None):
-        if self.monitor and self.history and os.path.exists(self.path) and \
-                os.path.exists(self.history):
-            import csv
-            with open(self.history) as f:
-                values = [float(r[self.monitor]) for r in csv.DictReader(f)
-                          if r.get(self.monitor) not in (None, "")]
-            values = [v for v in values if math.isfinite(v)]
-            if values:
-                self.best = min(values) if self.lower_is_better else max(values)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor:
-            value = (logs or {}).get(self.monitor)
-            if value is None or not math.isfinite(float(value)):
-                return
-            value = float(value)
-            if self.best is not None and (value >= self.best if self.lower_is_better
-                                          else value <= self.best):
-                return
-            self.best = value
-        with atomic_path(self.path) as tmp:
-            self.model.save(tmp)
 
 
 def _check_cutout(config, data, style):

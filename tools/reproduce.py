@@ -196,7 +196,7 @@ def run_one(cfg, seed, opts, out):
                        f"--workdir={wd}"], os.path.join(wd, "train.log"))
         with open(os.path.join(wd, "train", "history.json")) as f:
             hist = json.load(f)
-        acc = hist.get("val_logits_accuracy") or hist.get("val_accuracy")
+        acc = hist.get("test_logits_accuracy") or hist.get("test_accuracy")  # final epoch
         if acc:
             row["test_error"] = round(100 * (1 - acc[-1]), 3)
     row["seconds"] = round(time.time() - t0, 1)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from tfnas.errors import DataError
-from tfnas.data.base import DATASETS, ArrayData, num_classes_of
+from tfnas.data.base import DATASETS, ArrayData, hold_out, num_classes_of
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

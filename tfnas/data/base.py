@@ -49,3 +49,25 @@ def num_classes_of(y_train, y_test, where):
                         f"labels, the largest label is {top}); relabel them, or declare the "
                         f"classes (npz: a num_classes array)")
     return k
+
+
+def hold_out(data, fraction, seed):
+    """(`data` without a held-out validation split, (x_val, y_val) or None): a `fraction` of
+    the training examples, drawn by `seed` (the same split on every run and resume); both
+    parts keep the original order. The normalisation constants stay the dataset's.
+
+    Raises:
+        DataError: the split leaves no validation or no training example.
+    """
+    import dataclasses
+    if not fraction:
+        return data, None
+    n = len(data.y_train)
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"--validation_split={fraction:g} of {n} training examples leaves "
+                        f"{n_val} for validation and {n - n_val} for training; both need one")
+    perm = np.random.RandomState(seed).permutation(n)
+    val, keep = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return (dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep]),
+            (data.x_train[val], data.y_train[val]))
