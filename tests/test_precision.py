@@ -121,14 +121,25 @@ def test_float16_gradients_are_unscaled_and_an_overflow_skips_the_step(tmp_path)
     g32 = ref.reduced_grads(bt, ref.alphas)
     for a, b in zip(g16, g32):
         assert float(tf.reduce_max(tf.abs(a - b))) < 0.05 * float(tf.reduce_max(tf.abs(b)))
-    # a scale that overflows float16 gradients: both updates skipped, the scale halved twice
+    # a scale that overflows float16 gradients: both updates skipped, the scale halved once
+    # (the alpha and the weight update are one step)
     before = [v.numpy().copy() for v in loop.alphas + loop.weights]
+    loop.loss_scale.period = 3  # read when the step is traced
     loop.loss_scale.scale.assign(2.0 ** 100)
     loop._step_fn(bt, next(iter(valid)))
     after = [v.numpy() for v in loop.alphas + loop.weights]
     assert all((a == b).all() for a, b in zip(before, after))
-    assert float(loop.loss_scale.scale) == 2.0 ** 98
+    assert float(loop.loss_scale.scale) == 2.0 ** 99
     assert int(loop.w_opt.iterations) == int(loop.a_opt.iterations) == 0
+    # finite steps: one count each (the scale doubles after `period` steps, not period / 2)
+    loop.loss_scale.scale.assign(2.0 ** 8)
+    it_t, it_v = iter(train), iter(valid)
+    for n in (1, 2):
+        loop._step_fn(next(it_t), next(it_v))
+        assert int(loop.loss_scale.good_steps) == n and float(loop.loss_scale.scale) == 2.0 ** 8
+    loop._step_fn(next(it_t), next(it_v))
+    assert int(loop.loss_scale.good_steps) == 0 and float(loop.loss_scale.scale) == 2.0 ** 9
+    assert int(loop.w_opt.iterations) == int(loop.a_opt.iterations) == 3
 
 
 def test_float16_search_learns_and_resumes_with_its_loss_scale(tmp_path, monkeypatch):

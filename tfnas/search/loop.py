@@ -155,9 +155,10 @@ class SearchLoop:
         return self.loss_scale.unscale(grads) if self.loss_scale else grads
 
     def apply_updates(self, grads, apply):
-        """`apply(grads)`; under loss scaling only when every gradient is finite."""
+        """`apply(grads)`; under loss scaling only when every gradient is finite (the scale
+        adapts once per step, at the end of `_step`)."""
         if self.loss_scale:
-            self.loss_scale.apply_if_finite(grads, apply)
+            self._finite.append(self.loss_scale.apply_if_finite(grads, apply, adapt=False))
         else:
             apply(grads)
 
@@ -173,6 +174,7 @@ class SearchLoop:
             [(g + wd * a, a) for g, a in zip(gs, self.alphas)]))
 
     def _step(self, bt, bv):
+        self._finite = []  # the step's updates (loss scaling: one adaptation per step)
         if self.arch_update.trains_alpha:
             self.arch_update.step(self, bt, bv)
         probs = self.perturbation.probs(self, bt)
@@ -184,6 +186,8 @@ class SearchLoop:
         wd = tf.constant(self.config.weight_decay, tf.float32)
         self.apply_updates(grads, lambda gs: self.w_opt.apply_gradients(
             [(g + wd * w, w) for g, w in zip(gs, self.weights)]))
+        if self.loss_scale:
+            self.loss_scale.adapt(tf.reduce_all(tf.stack(self._finite)))
         return self.metrics["train_loss"].result()
 
     def _steps(self, it_t, it_v, n):

@@ -113,12 +113,14 @@ class DynamicLossScale:
     """Dynamic loss scaling for `mixed_float16` (the rule of Keras's LossScaleOptimizer):
     the loss is multiplied by `scale` before differentiation so small float16 gradients do
     not flush to zero; the gradients are divided by it after the all-reduce. An update whose
-    gradients are not all finite is skipped and the scale halved; after `period` finite
-    updates in a row it doubles. Its two variables are checkpointed with the run.
+    gradients are not all finite is skipped; a step with a skipped update halves the scale,
+    and after `period` finite steps in a row it doubles (a search step's alpha and weight
+    updates are one step: one count, one adaptation at its end). Its two variables are
+    checkpointed with the run.
 
     Args:
         initial: the first scale (2**15).
-        period: finite updates before the scale doubles (2000).
+        period: finite steps before the scale doubles (2000).
     """
 
     def __init__(self, initial=2.0 ** 15, period=2000):
@@ -139,15 +141,24 @@ class DynamicLossScale:
         inv = 1.0 / self.scale.value()
         return [g * inv for g in grads]
 
-    def apply_if_finite(self, grads, apply):
+    def apply_if_finite(self, grads, apply, adapt=True):
         """Calls `apply(grads)` only when every gradient is finite (identical on every
-        replica: `grads` are all-reduced), then adapts the scale."""
+        replica: `grads` are all-reduced); returns that bool. `adapt`: adapt the scale now
+        (one update per step); a step of several updates passes False and calls
+        `adapt(all finite)` once at its end."""
         finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
 
         def run():
             apply(grads)
             return tf.constant(True)
         tf.cond(finite, run, lambda: tf.constant(False))
+        if adapt:
+            self.adapt(finite)
+        return finite
+
+    def adapt(self, finite):
+        """One step's scale rule: halve after a non-finite step, double after `period`
+        finite steps in a row."""
         grow = finite & (self.good_steps + 1 >= self.period)
         factor = tf.where(finite, tf.where(grow, 2.0, 1.0), 0.5)
         self.scale.assign(tf.maximum(self.scale * factor, 1.0))
