@@ -61,6 +61,43 @@ def test_frozen_alpha_is_bit_identical(tmp_path):
     assert sum(not np.array_equal(x, y) for x, y in zip(w0, w1)) > 0.9 * len(w0)
 
 
+def _assigns_per_step(loop, variable):
+    """AssignVariableOps on `variable` in the traced search step (BN statistics updates)."""
+    train, valid = loop._datasets(0)
+    cf = loop._step_fn.get_concrete_function(next(iter(train)), next(iter(valid)))
+    handle = variable.value.handle
+    inner = [i for e, i in cf.graph.captures if e is handle]
+    assert len(inner) == 1
+    return sum(1 for op in cf.graph.get_operations()
+               if op.type == "AssignVariableOp" and op.inputs[0] is inner[0])
+
+
+def test_second_order_updates_bn_statistics_as_the_reference(tmp_path):
+    """DARTS's unrolled step runs the valid pass at the virtual weights on a copy of the
+    model, whose BN statistics are thrown away: per search step the real model's running
+    statistics see the train pass of the hypergradient, its two finite-difference passes and
+    the weight step (4), not the valid pass too; first order: the alpha pass and the weight
+    step (2). The stem's BN and an edge's BN (a shared edge trace) alike."""
+    from tfnas.ops.norm import BatchNorm, running_stats_frozen
+    for rule, count in (("first_order", 2), ("second_order", 4)):
+        cfg = tiny_config(str(tmp_path), arch_update=rule)
+        loop = SearchLoop(cfg, str(tmp_path / rule), tf.distribute.get_strategy(),
+                          log=lambda s: None)
+        bns = [layer for layer in loop.model._flatten_layers() if isinstance(layer, BatchNorm)]
+        edge_bn = next(b for b in bns if "/edge_" in b.path and "sep_conv" in b.path)
+        for bn in (bns[0], edge_bn):
+            assert _assigns_per_step(loop, bn.moving_mean) == count, (rule, bn.path)
+    # frozen: batch statistics as in training, running statistics left alone
+    bn = BatchNorm(affine=False)
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (8, 4, 4, 3)), tf.float32)
+    y = bn(x, training=True)
+    mean = bn.moving_mean.numpy().copy()
+    with running_stats_frozen():
+        y2 = bn(x * 2.0, training=True)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    np.testing.assert_allclose(y2.numpy(), y.numpy(), atol=1e-4)  # normalised by the batch
+
+
 def test_second_order_hypergradient_matches_double_backprop(tmp_path):
     # One normal cell at 8x8 with C=16. On the 3-cell C=4 test net (2x2 maps in the last
     # cell) ReLU kinks are so dense that no finite difference tracks the local Hessian.

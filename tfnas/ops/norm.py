@@ -6,10 +6,33 @@ keeps PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance), so 
 built with `affine=False` match the reference's `BatchNorm2d(C, affine=False)`.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 from tfnas.ops.registry import serializable
+
+_FROZEN = [0]  # > 0: training-mode BN leaves its running statistics alone
+
+
+@contextlib.contextmanager
+def running_stats_frozen():
+    """Training-mode BN (batch statistics) whose running statistics are not updated by the
+    calls made (or traced) inside: the valid pass of DARTS's second order at the virtual
+    weights, whose statistics the reference computes on a copy of the model and throws
+    away. A process-wide switch read when a call is traced, not a thread-local one
+    (MirroredStrategy traces each replica's function in a thread of its own)."""
+    _FROZEN[0] += 1
+    try:
+        yield
+    finally:
+        _FROZEN[0] -= 1
+
+
+def stats_frozen():
+    """Whether training-mode BN calls made now leave the running statistics alone."""
+    return _FROZEN[0] > 0
 
 
 class OutputScale:
@@ -70,6 +93,8 @@ class BatchNorm(keras.layers.Layer):
         return tf.ones((c,), tf.float32), tf.zeros((c,), tf.float32)
 
     def _update(self, mean, var):
+        if stats_frozen():
+            return
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
         self.moving_variance.assign(self.moving_variance * (1.0 - m) + var * m)
@@ -93,8 +118,9 @@ class BatchNorm(keras.layers.Layer):
             x=x, scale=scale, offset=offset, mean=self.moving_mean.value,
             variance=self.moving_variance.value, epsilon=self.epsilon,
             exponential_avg_factor=self.momentum, data_format="NHWC", is_training=True)
-        self.moving_mean.assign(mean)
-        self.moving_variance.assign(var)
+        if not stats_frozen():
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(var)
         return y
 
     def _sync_call(self, x_in, scale, offset, ctx):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfnas.derive.perturbation import decide_op
 from tfnas.derive.sgas import sgas_scores
 from tfnas.io import append_jsonl, read_jsonl
+from tfnas.ops.norm import running_stats_frozen
 from tfnas.registry import Registry
 
 ARCH_UPDATES = Registry("architecture update")
@@ -66,7 +67,8 @@ class SecondOrder(FirstOrder):
         # Virtual step of DARTS: w' = w - lr * (mu * buf + g + wd * w).
         for w, g in zip(ws, g_train):
             w.assign(w - lr * (opt.momentum * opt.buffer(w) + g + loop.config.weight_decay * w))
-        grads = loop.reduced_grads(bv, loop.alphas + ws, metrics="alpha")
+        with running_stats_frozen():  # the reference's unrolled copy: its BN stats are lost
+            grads = loop.reduced_grads(bv, loop.alphas + ws, metrics="alpha")
         d_alpha, d_w = grads[:len(loop.alphas)], grads[len(loop.alphas):]
         r = self.epsilon / (tf.linalg.global_norm(d_w) + 1e-12)
         for w, b, d in zip(ws, self.backup, d_w):

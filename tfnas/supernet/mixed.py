@@ -8,7 +8,7 @@ from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 from tfnas.registry import Registry
 from tfnas.ops import Zero, build_op, serializable
-from tfnas.ops.norm import OutputScale
+from tfnas.ops.norm import OutputScale, stats_frozen
 
 
 @serializable
@@ -255,8 +255,9 @@ class TracePool:
             y, *updates = _recomputed(fn, len(tv), len(nv))(*tv, *nv, x, weights)
         else:
             y, updates = fn(tv, nv, x, weights)
-        for i, value in zip(changed, updates):
-            layer.non_trainable_variables[i].assign(value)
+        if not stats_frozen():
+            for i, value in zip(changed, updates):
+                layer.non_trainable_variables[i].assign(value)
         return y
 
     @staticmethod
