@@ -9,7 +9,8 @@ import pytest
 from tfnas.cli import main
 from tfnas.deploy import to_builtin
 from tfnas.derive import magnitude_genotype
-from tfnas.derive.budget import Budget, Network, conv_macs, latency_table, trainable_params
+from tfnas.cost import count_macs as conv_macs, count_params as trainable_params
+from tfnas.derive.budget import Budget, Network, latency_table
 from tfnas.genotype import Genotype
 from tfnas.io import read_jsonl
 from tfnas.models import build_model
@@ -136,3 +137,22 @@ def test_latency_table_covers_every_op_shape_and_the_budget_uses_it(tmp_path):
 def _tiny_space(folder):
     from helpers import write_tiny_space
     return write_tiny_space(str(folder))
+
+
+def test_one_mac_counter_by_hand():
+    """`tfnas.cost.count_macs`: each kernel once per output position, nested models too; the
+    same number for budgets, export and profile."""
+    import keras
+    from tfnas.cost import count_macs, count_params
+    inner = keras.Sequential([keras.Input((4, 4, 4)),
+                              keras.layers.SeparableConv2D(8, 3, padding="same")])
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(x)                        # 3*3*3*4 * 64
+    h = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(h)       # 3*3*4 * 16
+    h = inner(h)                                                            # (36 + 32) * 16
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization()(h))
+    y = keras.layers.Dense(10)(h)                                           # 8*10
+    model = keras.Model(x, y)
+    assert count_macs(model) == 6912 + 576 + 1088 + 80
+    bn_trainable = 2 * 8
+    assert count_params(model) == (108 + 4) + (36 + 4) + (36 + 32 + 8) + bn_trainable + 90

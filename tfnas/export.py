@@ -19,6 +19,7 @@ import numpy as np
 
 from tfnas import precision
 from tfnas.artifacts import artefact_label, load_runner, top1, tflite_interpreter
+from tfnas.cost import count_macs, count_params
 from tfnas.deploy import to_builtin
 from tfnas.errors import TfnasError, UsageError
 from tfnas.io import MARKER, TMP_PREFIX, check_folder, check_links, dumps, umask_mode
@@ -32,20 +33,6 @@ INT8_TOP1_BOUND = 0.01  # top-1 an int8 artefact may lose against its float one 
 
 class ParityError(TfnasError):
     """An exported model disagrees with the Keras model beyond the tolerance."""
-
-
-def count_macs(model, input_shape):
-    """Multiply-adds of one forward pass (inference), from TF's float-op profiler / 2."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import \
-        convert_variables_to_constants_v2
-    fn = tf.function(lambda x: model(x, training=False))
-    cf = fn.get_concrete_function(tf.TensorSpec((1,) + tuple(input_shape), tf.float32))
-    frozen = convert_variables_to_constants_v2(cf)
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    info = tf.compat.v1.profiler.profile(graph=frozen.graph, options=opts)
-    return int(info.total_float_ops // 2)
 
 
 def check_formats(formats, int8=False):
@@ -220,7 +207,7 @@ def _write_all(model, tmp, formats, opset, batch, seed, int8, calibration, evalu
                  float(np.max(np.abs(np.asarray(mixed_ref, np.float32) - ref)))}
     report = {**mixed, "input_shape": [None, *shape], "opset": opset, "tolerance": TOLERANCE,
               "graph": "built-in Keras layers, BN folded into convolutions",
-              "params": int(serving.count_params()), "macs": count_macs(serving, shape),
+              "params": count_params(serving), "macs": count_macs(serving),
               "max_abs_diff": {}, "top1": {},
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
     written = []

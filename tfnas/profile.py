@@ -45,9 +45,9 @@ def model_cost(keras_path):
     """(parameters, multiply-adds of one image) of an exported `.keras` model."""
     import keras
 
-    from tfnas.export import count_macs
+    from tfnas.cost import count_macs, count_params
     model = keras.models.load_model(keras_path)
-    return int(model.count_params()), count_macs(model, tuple(model.input_shape[1:]))
+    return count_params(model), count_macs(model)
 
 
 def profile_export(folder, threads=2, batch_sizes=(1, 32), runs=30, warmup=5,

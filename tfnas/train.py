@@ -41,12 +41,10 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
               extra_callbacks=(), is_chief=True, loop="auto"):
     """Trains the discrete network of `genotype`; resumes an interrupted run in `workdir`.
 
-    Writes WORKDIR/train/: config.json, model.keras (the final epoch), best.keras (the
-    epoch of the best accuracy on the held-out validation split; only with
-    --validation_split), history.csv, history.json (`test_*`: the test split, `val_*`: the
-    validation split), summary.json (which split chose which file, and their test numbers),
-    tb/, and the resume state, kept when the run ends: backup/ (fit's, `tfnas.fit_state`) or
-    checkpoints/ (the custom loop's). Only the chief writes.
+    Writes WORKDIR/train/: config.json, model.keras (the final epoch), best.keras (best
+    accuracy on the --validation_split hold-out, only with one), history.csv/.json (`test_*`
+    the test split, `val_*` the hold-out), summary.json (which split chose which file), tb/,
+    the resume state: backup/ (fit's) or checkpoints/ (the custom loop's). Chief only.
     Returns a Keras History (the custom loop's holds every epoch, resumed ones included).
     """
     import tensorflow as tf
@@ -80,11 +78,10 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
                             config.layers, auxiliary=config.auxiliary,
                             drop_path=config.drop_path, form=config.form)
         _compile(model, config, steps)
-        opt = model.optimizer
-        seed_drop_path(model, getattr(opt, "inner_optimizer", opt).iterations, config.seed)
-    log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} "
-        f"parameters, {steps} steps per epoch, {config.epochs} epochs"
-        + (" (tfnas's loop)" if loop == "custom" else ""))
+        opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+        seed_drop_path(model, opt.iterations, config.seed)
+    log(f"training {genotype.meta.get('name', 'genotype')}: {model.count_params():,} params, "
+        f"{steps} steps per epoch, {config.epochs} epochs" + " (tfnas's loop)" * (loop == "custom"))
     monitor = _monitor(config, has_validation=valid is not None)
     test = (data.x_test, data.y_test) if len(data.x_test) else None
     if loop == "custom":
@@ -96,9 +93,9 @@ def run_train(config, genotype, workdir, strategy=None, log=print, verbose="auto
         history = _fit(model, config, pipe, valid, test, steps, out, monitor, log, verbose,
                        extra_callbacks)
     if is_chief:
-        _summarize(out, history.history, config, monitor,
-                   {"train": len(data.y_train), "validation": 0 if valid is None else
-                    len(valid[1]), "test": 0 if test is None else len(test[1])}, log)
+        sizes = {name: 0 if split is None else len(split[1]) for name, split in (
+            ("train", (None, data.y_train)), ("validation", valid), ("test", test))}
+        _summarize(out, history.history, config, monitor, sizes, log)
     return history
 
 

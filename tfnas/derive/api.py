@@ -23,10 +23,16 @@ from tfnas.errors import UsageError
 def make_evaluate(supernet, dataset, bn_batch_stats=True):
     """A callable -> (mean loss, accuracy) of `supernet` over `dataset` ((images, labels)
     batches) under its current masks; BN uses batch statistics when `bn_batch_stats` (as the
-    reference's PT scoring). One traced function serves every call."""
+    reference's PT scoring). One traced function serves every call; where the space's
+    reference skips zero-weight ops (DARTS family), a masked op is skipped at run time, so
+    its BN statistics are left as the reference leaves them."""
+    import contextlib
+    skip = getattr(supernet.space, "skips_zero_ops", False) and hasattr(supernet, "leaving_out")
+
     @tf.function
     def batch_stats(x, y):
-        logits = supernet(x, training=bn_batch_stats)
+        with supernet.leaving_out((), skip_zero=True) if skip else contextlib.nullcontext():
+            logits = supernet(x, training=bn_batch_stats)
         loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int64),
                                 tf.cast(y, tf.int64)), tf.float32)
@@ -40,6 +46,22 @@ def make_evaluate(supernet, dataset, bn_batch_stats=True):
             raise UsageError("select: the validation dataset yielded no examples")
         return total[0] / total[2], total[1] / total[2]
     return evaluate
+
+
+def keeping_bn_stats(model, fn):
+    """`fn` wrapped so that the BN running statistics of `model` are what they were before
+    each call (a logging pass in training-mode BN that the reference does not make)."""
+    stats = [v for v in model.variables
+             if v.path.endswith(("moving_mean", "moving_variance"))]
+
+    def call():
+        saved = [v.numpy() for v in stats]
+        try:
+            return fn()
+        finally:
+            for v, value in zip(stats, saved):
+                v.assign(value)
+    return call
 
 
 def make_tune(supernet, dataset, steps, lr=0.0025, momentum=0.9):
@@ -86,8 +108,8 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         budget: optional `tfnas.derive.budget.Budget`: each decision keeps the most
             important op (removes the least important edge) that still lets the final
             network fit it.
-        topology_rule: "reference" or "cumulative" (`decide_topology`). Edges decided
-            before the call (e.g. by SGAS) stay as they are.
+        topology_rule: "reference" or "cumulative" (`decide_topology`); edges decided
+            before the call (SGAS) stay as they are.
     Returns:
         The Genotype; `genotype.meta["decisions"]` holds every decision row (and
         `meta["budget"]` the budget and the final cost).
@@ -101,25 +123,25 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     if budget is not None:
         budget.check_feasible(archs)
     if not chooser.decides:
-        return magnitude_genotype(space, supernet.arch_weights_numpy(), meta={"selector":
-                                                                              selector})
+        return magnitude_genotype(space, supernet.arch_weights_numpy(), dict(selector=selector))
     evaluate = make_evaluate(supernet, valid_data, bn_batch_stats)
+    measure = keeping_bn_stats(supernet, evaluate) if bn_batch_stats else evaluate
     if isinstance(tune, tf.data.Dataset):
         tune = make_tune(supernet, tune, tune_steps, tune_lr)
-    before = {t: [e for e, d in enumerate(archs[t].decided()) if d] for t in space.cell_types}
-    rows = []
+    before, rows = {t: np.flatnonzero(archs[t].decided()).tolist() for t in space.cell_types}, []
     for i, (kind, targets) in enumerate(decision_events(space, seed)):
         for ctype, target in targets.items():
             row = decide(archs, space, kind, ctype, target, evaluate, crit, budget=budget,
-                         selector=selector, keep=before[ctype], topology_rule=topology_rule)
+                         selector=selector, keep=before[ctype], topology_rule=topology_rule,
+                         measure=measure)
             rows.append(dict(row, event=i))
             if log:
                 what = row.get("choice") if kind == "op" else row["kept_inputs"]
                 log(f"decision {i + 1}: {ctype} {kind} {target} -> {what}")
         if tune is not None:
             tune(i)
-    genotype = magnitude_genotype(space, supernet.arch_weights_numpy(),
-                                  meta={"crit": crit, "seed": seed, "decisions": rows})
+    genotype = magnitude_genotype(space, supernet.arch_weights_numpy(), meta={
+        "crit": crit, "seed": seed, "decisions": rows})
     genotype.meta["selector"] = selector  # the decided supernet's genotype, by `selector`
     if budget is not None:
         genotype.meta["budget"] = dict(budget.to_json(), cost=budget.cost(genotype))
@@ -144,23 +166,24 @@ def _check_select_args(selector, crit, budget, topology_rule):
 
 
 def decide(archs, space, kind, ctype, target, evaluate, crit="acc", budget=None,
-           selector="pt", keep=(), topology_rule="reference"):
+           selector="pt", keep=(), topology_rule="reference", measure=None):
     """One decision of an event ("op": edge `target`; "topology": node `target`) on the
     ArchParameters `archs[ctype]`, within `budget` when given (the row then holds
     "budget_bound": the cheapest final cost still reachable after it). `keep`: edges of
     `ctype` decided before the selection (a topology decision never drops them);
-    `topology_rule`: see `decide_topology`."""
+    `topology_rule`: see `decide_topology`; `measure`: the logged before/after accuracy
+    (`decide_op`)."""
     arch = archs[ctype]
     if kind == "op":
         fits = None if budget is None else (
             lambda k: budget.op_fits(archs, ctype, target, k))
         row = decide_op(arch, space, ctype, target, evaluate, crit, fits=fits,
-                        selector=selector)
+                        selector=selector, measure=measure)
     else:
         can_remove = None if budget is None else (
             lambda e: budget.removal_fits(archs, ctype, e))
         row = decide_topology(arch, space, ctype, target, evaluate, crit, can_remove,
-                              keep=keep, rule=topology_rule)
+                              keep=keep, rule=topology_rule, measure=measure)
     if budget is not None:
         row["budget_bound"] = budget.lower_bound(archs)
     return row

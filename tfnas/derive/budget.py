@@ -27,6 +27,7 @@ import dataclasses
 
 import numpy as np
 
+from tfnas.cost import count_macs, count_params
 from tfnas.errors import UsageError
 
 KINDS = ("params", "macs", "latency_ms")
@@ -43,24 +44,6 @@ class Network:
     def to_json(self):
         return {"num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "channels": self.channels, "layers": self.layers}
-
-
-def conv_macs(model):
-    """Multiply-adds per image of the Conv2D, DepthwiseConv2D and Dense layers of a built
-    functional model (each kernel once per output pixel)."""
-    import keras
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            h, w = layer.output.shape[1:3]
-            total += int(np.prod(layer.kernel.shape)) * int(h) * int(w)
-        elif isinstance(layer, keras.layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
-    return total
-
-
-def trainable_params(model):
-    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
 
 
 def _cells(model):
@@ -123,8 +106,8 @@ class OpCoster:
             return float(self.latency[key])
         op, deployed = _single_op(name, shape, channels, stride)
         if self.kind == "params":
-            return float(trainable_params(op))
-        return float(conv_macs(deployed))
+            return float(count_params(op))
+        return float(count_macs(deployed))
 
 
 def op_key(name, shape, stride):
@@ -169,10 +152,10 @@ class Budget:
 
     def _total(self, model, latency):
         if self.kind == "params":
-            return float(trainable_params(model))
+            return float(count_params(model))
         if self.kind == "macs":
             from tfnas.deploy import to_builtin
-            return float(conv_macs(to_builtin(model)))
+            return float(count_macs(to_builtin(model)))
         key = "network@" + _network_key(self.network)
         if key not in latency:
             raise UsageError(f"the latency table has no whole-network entry {key!r}")

@@ -25,7 +25,7 @@ def score_ops(arch, edge, candidates, evaluate):
 
 
 def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False, fits=None,
-              selector=None):
+              selector=None, measure=None):
     """Scores `edge`, fixes it to the chosen op and returns the decision row.
 
     Args:
@@ -37,6 +37,9 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
         fits: optional callable(op index) -> bool (a budget): the choice is the most
             important op among those that fit; every candidate is still scored.
         selector: a registered selector's name (default "pt", or "pt_mag" with by_alpha).
+        measure: the callable of the logged accuracy before and after the decision (default
+            `evaluate`); one without side effects keeps the BN running statistics as the
+            reference, which scores the candidates only.
     Returns:
         {"kind": "op", "cell", "edge", "node", "input", "alphas", "scores", "acc_before",
          "acc_after", "choice"} (+ "decided_before" for an edge decided or removed earlier,
@@ -45,7 +48,8 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
     ops = space.cells[cell_type].ops[edge]
     node, inp = space.cells[cell_type].edges[edge]
     alphas = np.asarray(arch.softmax())[edge, :len(ops)]
-    before = tuple(evaluate())
+    measure = measure or evaluate
+    before = tuple(measure())
     row = {"kind": "op", "cell": cell_type, "edge": edge, "node": node, "input": inp,
            "alphas": dict(zip(ops, alphas.round(6).tolist())), "scores": {},
            "acc_before": before[1]}
@@ -66,14 +70,14 @@ def decide_op(arch, space, cell_type, edge, evaluate, crit="acc", by_alpha=False
     if scores:
         row["scores"] = {ops[k]: {"loss": s[0], "acc": s[1]} for k, s in scores.items()}
     arch.fix_edge(edge, choice)
-    return {**row, "acc_after": tuple(evaluate())[1], "choice": ops[choice]}
+    return {**row, "acc_after": tuple(measure())[1], "choice": ops[choice]}
 
 
 TOPOLOGY_RULES = ("reference", "cumulative")
 
 
 def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remove=None,
-                    keep=(), rule="reference"):
+                    keep=(), rule="reference", measure=None):
     """Drops input edges of `node`, one per round, until `space.inputs_per_node` remain: each
     round removes the live edge whose absence leaves accuracy highest (`loss`: loss lowest;
     ties: the later edge).
@@ -86,6 +90,7 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remo
             edges dropped in earlier rounds present again; the reference's `project_edge`
             rebuilds its weights per candidate and removes the losers only at the end);
             "cumulative" keeps earlier rounds' edges removed while later rounds are scored.
+        measure: the callable of the logged accuracy before and after (see `decide_op`).
     Returns:
         {"kind": "topology", "cell", "node", "kept_inputs", "rounds", "acc_before",
          "acc_after", "rule"} (+ "kept_decided": the inputs that `keep` protected).
@@ -100,16 +105,11 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remo
     if len(protected) > space.inputs_per_node:
         raise ValueError(f"{cell_type} node {node}: {len(protected)} inputs were decided "
                          f"before, more than the {space.inputs_per_node} it keeps")
-    before = tuple(evaluate())
+    measure = measure or evaluate
+    before = tuple(measure())
     rounds, dropped = [], []
     while len(eids) > space.inputs_per_node:
-        results = {}
-        for e in eids:
-            arch.remove_edge(e)
-            try:
-                results[e] = tuple(evaluate())
-            finally:
-                arch.remove_edge(e, removed=False)
+        results = _without_each(arch, eids, evaluate)
         removable = [e for e in eids if e not in protected
                      and (can_remove is None or _can_remove(arch, can_remove, e, dropped,
                                                             rule))]
@@ -128,10 +128,22 @@ def decide_topology(arch, space, cell_type, node, evaluate, crit="acc", can_remo
         arch.remove_edge(e)
     row = {"kind": "topology", "cell": cell_type, "node": node,
            "kept_inputs": [cspace.edges[e][1] for e in eids], "rounds": rounds,
-           "acc_before": before[1], "acc_after": tuple(evaluate())[1], "rule": rule}
+           "acc_before": before[1], "acc_after": tuple(measure())[1], "rule": rule}
     if protected:
         row["kept_decided"] = [cspace.edges[e][1] for e in protected]
     return row
+
+
+def _without_each(arch, eids, evaluate):
+    """{edge: (loss, acc)} with each of `eids` removed in turn (the others as they are)."""
+    results = {}
+    for e in eids:
+        arch.remove_edge(e)
+        try:
+            results[e] = tuple(evaluate())
+        finally:
+            arch.remove_edge(e, removed=False)
+    return results
 
 
 def _can_remove(arch, can_remove, edge, dropped, rule):

@@ -33,6 +33,7 @@ from tfnas.interrupt import STOP
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
 from tfnas.search.graphs import MODES as GRAPH_MODES
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
+from tfnas.derive.api import keeping_bn_stats
 from tfnas.derive.perturbation import TOPOLOGY_RULES
 
 
@@ -176,9 +177,11 @@ class PerturbationSelector:
     def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
         self.budget = budget
-        # scoring skips masked and decided ops at run time (one trace for every decision);
-        # not with synchronized BN, whose collectives would sit inside the conds
-        skip = config.prune_decided != "never" and not loop.model.synchronized_bn()
+        # scoring skips masked and decided ops at run time (one trace for every decision)
+        # where the reference does (DARTS family: a skipped op's BN statistics stay as they
+        # are); not with synchronized BN, whose collectives would sit inside the conds
+        skip = config.prune_decided != "never" and not loop.model.synchronized_bn() and \
+            loop.space.skips_zero_ops
         loop.graphs.set_mode(config.prune_decided, ("eval",) if skip else ())
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
@@ -229,9 +232,12 @@ class PerturbationSelector:
         if self.loop.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
                 self.config.score_batches)):  # before + each candidate + after
             self.log(self.loop.graphs.describe("eval"))
+        measure = self.score if not self.config.bn_batch_stats else \
+            keeping_bn_stats(self.loop.model, self.score)  # the reference scores only
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
                       budget=self.budget, selector=self.config.selector,
-                      keep=self.search_decided[ctype], topology_rule=self.config.topology_rule)
+                      keep=self.search_decided[ctype], topology_rule=self.config.topology_rule,
+                      measure=measure)
 
     def tune_after(self, i, resume=None):
         """Progressive tuning after decision event `i` (`SearchSpace.tuning_epochs`);

@@ -109,6 +109,14 @@ class SearchSpace:
         return [] if keep is None else [n for n in cspace.nodes
                                         if len(cspace.node_edges(n)) > keep]
 
+    @property
+    def skips_zero_ops(self):
+        """Whether an op whose mixing weight is exactly zero is left uncomputed (so its BN
+        statistics are not updated): the reference's DARTS MixedOp sums only ops with
+        `w != 0` (a PT-masked op, the other ops of a decided edge); its NB201 cell computes
+        every op, zero-weighted ones included."""
+        return self.family == "darts"
+
     def tuning_epochs(self, events, per_decision):
         """Supernet tuning epochs after each of `events` selection decision events, as the
         reference schedules them (REFERENCE 4.2, 4.6): `per_decision` after each event and 1

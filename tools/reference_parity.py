@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Step-for-step parity of tfnas with the authors' PyTorch DARTS-PT code.
+
+The reference runs in its own Python (`tools/parity_reference.py` in a subprocess, with a
+CPU export of ruocwang/darts-pt: `--reference_dir DIR` as prepared there, or `--darts_pt`
+and `--reference_python`), twice: in float64 (the algorithm's numbers without rounding to
+speak of) and in float32 (what the authors' code computes on a GPU or CPU); arrays come back
+in `.npz` files. tfnas builds the same supernet, takes the reference's initial weights and
+alphas through a name/shape map (every variable mapped, none left over: checked) and
+computes the same quantities with its own product code (`SearchLoop.reduced_grads`,
+`SearchLoop._step_fn`, the selector of `tfnas select`):
+
+- one train-mode forward on a fixed batch: logits, loss, the BN running statistics after
+  it, eval-mode logits; d loss / d every weight and alpha;
+- `--steps` first-order search steps (alpha Adam, weight SGD with momentum, coupled L2,
+  global clip, lr 0.025): every weight, BN statistic and alpha, the momentum buffers and
+  Adam's moments after each step;
+- the PT op scores of one edge (accuracy and loss with each op masked, train-mode BN), the
+  op they choose and the BN statistics after the scoring passes.
+
+    python tools/reference_parity.py --reference_dir DIR [--configs=darts_c8_l5] \
+        [--json out.json]
+
+Prints one table: per quantity the largest difference of tfnas from the float64 reference
+(absolute, and relative to each tensor's scale), beside the same measure for the authors'
+float32 run. A quantity is ok within its tolerance, or when tfnas is no further from the
+float64 numbers than twice the authors' own float32 code is; decisions must be equal. Exits
+1 otherwise. docs/PARITY.md has the last table and why the tolerances are what they are.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+CONFIGS = {
+    "darts_c8_l5": dict(space="darts", channels=8, layers=5),
+    "nb201_c8_n1": dict(space="nb201", channels=8, layers=1),
+}
+FORWARD_TOL = 1e-5   # logits, loss, statistics: relative to the quantity's scale
+# After a step: ReLU kinks sit at the 1e-6 scale of float32 rounding (docs/PARITY.md: in
+# float64, input noise of 1e-6 moves the NB201 alpha gradient by 7e-3), and Adam's first
+# step divides by |g|; a difference beyond both this and twice the authors' own float32
+# error is a finding.
+STEP_TOL = 1e-3
+BN_KEYS = {"running_mean": "moving_mean", "running_var": "moving_variance",
+           "weight": "gamma", "bias": "beta"}
+SEP = {"1": "depthwise_0", "2": "pointwise_0", "3": "bn_0", "5": "depthwise_1",
+       "6": "pointwise_1", "7": "bn_1"}
+
+
+# --- the name map ------------------------------------------------------------------------------
+def darts_path(key, space, reduction):
+    """The tfnas supernet path (without the model's own name) of reference state_dict `key`
+    (`sota/cnn` DartsNetworkProj), or None for entries tfnas has no counterpart of."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    p = key.split(".")
+    if p[0] == "stem":
+        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
+    if p[0] == "classifier":
+        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
+    if p[0] != "cells":
+        raise KeyError(key)
+    cell = f"cell_{p[1]}"
+    if p[2].startswith("preprocess"):
+        pre = f"{cell}/pre{p[2][-1]}"
+        if p[3] == "op":  # ReLUConvBN: 0 relu, 1 conv, 2 bn
+            return f"{pre}/conv" if p[4] == "1" else f"{pre}/bn/{BN_KEYS[p[5]]}"
+        return f"{pre}/{p[3]}" if p[3].startswith("conv") else f"{pre}/bn/{BN_KEYS[p[4]]}"
+    edge, k, rest = int(p[3]), int(p[5]), p[6:]
+    ctype = "reduce" if reduction[int(p[1])] else "normal"
+    node, inp = space.cells[ctype].edges[edge]
+    op = space.cells[ctype].ops[edge][k]
+    base = f"{cell}/edge_{inp}_{node}/{op}"
+    if "pool" in op:  # Sequential(pool, BN)
+        return f"{base}/bn/{BN_KEYS[rest[1]]}"
+    if rest[0] in ("conv_1", "conv_2"):  # FactorizedReduce (skip_connect, stride 2)
+        return f"{base}/{rest[0]}"
+    if rest[0] == "bn":
+        return f"{base}/bn/{BN_KEYS[rest[1]]}"
+    layer = SEP[rest[1]]
+    return f"{base}/{layer}" if layer[0] != "b" else f"{base}/{layer}/{BN_KEYS[rest[2]]}"
+
+
+def nb201_path(key, space, layers):
+    """The tfnas path of reference state_dict `key` (nasbench201 TinyNetworkDartsProj with N
+    = `layers` search cells per stage), or None where tfnas has no counterpart."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    p = key.split(".")
+    if p[0] == "stem":
+        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
+    if p[0] == "lastact":
+        return f"head_bn/{BN_KEYS[p[2]]}"
+    if p[0] == "classifier":
+        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
+    i = int(p[1])  # N cells, a reduction block, N cells, a reduction block, N cells
+    stage, pos = divmod(i, layers + 1)
+    if pos == layers:  # the ResNet reduction block after stage `stage`
+        block = f"reduction_{stage + 1}"
+        if p[2] == "downsample":
+            return f"{block}/shortcut"
+        return f"{block}/{p[2]}/conv" if p[4] == "1" else f"{block}/{p[2]}/bn/{BN_KEYS[p[5]]}"
+    node, inp = (int(x) for x in p[3].split("<-"))
+    op = space.cells["cell"].ops[space.cells["cell"].edge_id(node, inp)][int(p[4])]
+    base = f"cell_{stage}_{pos}/edge_{inp}_{node}/{op}"
+    return f"{base}/conv" if p[6] == "1" else f"{base}/bn/{BN_KEYS[p[7]]}"
+
+
+def to_tf(path, value):
+    """A reference tensor in tfnas's layout."""
+    if value.ndim == 4:  # [out, in, kh, kw] -> [kh, kw, in, out]; depthwise [C, 1, kh, kw]
+        return value.transpose(2, 3, 0, 1) if "depthwise" in path else \
+            value.transpose(2, 3, 1, 0)
+    if value.ndim == 2:  # Linear [out, in] -> Dense [in, out]
+        return value.T
+    return value
+
+
+# --- tfnas side ---------------------------------------------------------------------------------
+def build_loop(cfg, ref, folder):
+    """A SearchLoop of `cfg` on 32x32x3 images, 10 classes, the reference's batch size."""
+    import tensorflow as tf
+    from tfnas.config import SearchConfig
+    from tfnas.search import SearchLoop
+    x = np.zeros((64, 32, 32, 3), np.uint8)
+    y = np.arange(64) % 10
+    data = os.path.join(folder, "data.npz")
+    np.savez(data, x_train=x, y_train=y)
+    config = SearchConfig(dataset=f"npz:{data}", space=cfg["space"], channels=cfg["channels"],
+                          layers=cfg["layers"], batch_size=len(ref["y_t"]), epochs=1,
+                          arch_update="first_order").validate()
+    loop = SearchLoop(config, os.path.join(folder, "run"), tf.distribute.get_strategy(),
+                      log=lambda s: None)
+    loop.w_opt.learning_rate.assign(config.lr)  # the reference's epoch-0 rate
+    return loop
+
+
+class Mapped:
+    """The reference's state_dict keys matched to tfnas variables (both ways checked)."""
+
+    def __init__(self, loop, ref, cfg):
+        model, space = loop.model, loop.space
+        self.prefix = model.name + "/"
+        by_path = {v.path[len(self.prefix):]: v for v in model.variables
+                   if v.path.startswith(self.prefix)}
+        if space.family == "nb201":
+            name_of = lambda key: nb201_path(key, space, cfg["layers"])  # noqa: E731
+        else:
+            reduction = [bool(r) for _, _, r in model.search_cells()]
+            name_of = lambda key: darts_path(key, space, reduction)  # noqa: E731
+        self.pairs, unmatched = {}, []
+        for key in sorted(k[5:] for k in ref.files if k.startswith("init/")):
+            if key.startswith("alpha_"):
+                continue
+            path = name_of(key)
+            if path is None:
+                continue
+            if path not in by_path:
+                unmatched.append(f"{key} -> {path}")
+                continue
+            want = tuple(by_path[path].shape)
+            got = to_tf(path, ref["init/" + key]).shape
+            if want != got:
+                unmatched.append(f"{key} -> {path}: shape {got} vs {want}")
+            self.pairs[key] = by_path[path]
+        left = sorted(set(by_path) - {v.path[len(self.prefix):] for v in self.pairs.values()})
+        if unmatched or left:
+            raise SystemExit("the name map does not cover both models:\n  " + "\n  ".join(
+                unmatched + [f"tfnas {p} unmatched" for p in left]))
+        self.alphas = {t: loop.model.arch(t).alpha for t in space.cell_types}
+        arch_left = [v.path for v in model.variables if not v.path.startswith(self.prefix)
+                     and not v.path.endswith(("/alpha", "op_mask", "fixed_w", "is_fixed",
+                                              "edge_mask"))]
+        if arch_left:
+            raise SystemExit(f"tfnas variables outside the map: {arch_left}")
+
+    def load(self, ref, prefix="init"):
+        for key, var in self.pairs.items():
+            var.assign(to_tf(var.path, ref[f"{prefix}/{key}"]))
+        for t, a in self.alphas.items():
+            a.assign(ref[f"{prefix}/alpha_{t}"])
+
+
+def _reset_optimizers(loop):
+    for v in loop.w_opt.buffers + loop.a_opt.m + loop.a_opt.v:
+        v.assign(np.zeros(v.shape, np.float32))
+    loop.w_opt.iterations.assign(0)
+    loop.a_opt.iterations.assign(0)
+
+
+def _error(ours, theirs, floor):
+    """(max abs difference, that relative to the tensor's scale, floored at `floor`)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape:
+        return float("inf"), float("inf")
+    diff = float(np.max(np.abs(ours - theirs))) if ours.size else 0.0
+    scale = max(float(np.max(np.abs(theirs))) if theirs.size else 0.0, floor)
+    return diff, diff / scale if scale else diff
+
+
+def compare(rows, name, config, triples, tol, floor_frac=1e-3):
+    """One row for a group of tensors [(label, tfnas, reference float64, reference
+    float32)]: the worst difference of tfnas from the float64 reference, relative to each
+    tensor's scale (floored at `floor_frac` of the group's largest, so near-zero tensors do
+    not dominate; BN statistics use the group's largest: a batch mean near zero is measured
+    against the statistics' scale), beside the same measure of the reference's own float32
+    run. A quantity is ok within `tol`, or when tfnas is no further from the float64 numbers
+    than twice the authors' float32 code is."""
+    floor = floor_frac * max((float(np.max(np.abs(t[2]))) for t in triples if np.size(t[2])),
+                             default=0.0)
+    worst, ref_worst = (0.0, 0.0, ""), 0.0
+    for label, ours, ref64, ref32 in triples:
+        diff, rel = _error(ours, ref64, floor)
+        if rel >= worst[1]:
+            worst = (diff, rel, label)
+        ref_worst = max(ref_worst, _error(ref32, ref64, floor)[1])
+    ok = worst[1] <= tol or worst[1] <= 2 * ref_worst
+    rows.append(dict(quantity=name, config=config, abs=worst[0], rel=worst[1],
+                     ref_f32_rel=ref_worst, tol=tol, ok=bool(ok),
+                     note=f"{len(triples)} tensors; worst {worst[2]}" if len(triples) > 1
+                     else ""))
+
+
+def run_tfnas(cfg_name, cfg, r, q, folder, steps):
+    """The parity rows of one config: `r` the float64 reference run, `q` the float32 one
+    (the same initial weights and batches)."""
+    import tensorflow as tf
+    loop = build_loop(cfg, r, folder)
+    m = Mapped(loop, r, cfg)
+    rows = []
+    nhwc = lambda a: tf.constant(a.transpose(0, 2, 3, 1).astype(np.float32))  # noqa: E731
+    xt, yt = nhwc(r["x_t"]), tf.constant(r["y_t"].astype(np.int64))
+    xv, yv = nhwc(r["x_v"]), tf.constant(r["y_v"].astype(np.int64))
+    keys = sorted(m.pairs)
+    bn_keys = [k for k in keys if "running_" in k]
+    grad_keys = [k for k in keys if f"grad/{k}" in r.files]
+
+    def tensors(prefix, key_list, ours):
+        return [(k, ours(k), to_tf(m.pairs[k].path, r[f"{prefix}/{k}"]),
+                 to_tf(m.pairs[k].path, q[f"{prefix}/{k}"])) for k in key_list]
+
+    def one(label, ours, key):
+        return [(label, ours, r[key], q[key])]
+
+    # one train-mode forward: logits, loss, BN statistics; eval-mode logits after it
+    m.load(q)  # the float32 initial weights (the float64 run converted the same ones)
+    logits = loop.model(xt, training=True)
+    compare(rows, "logits (train mode)", cfg_name, one("", logits, "fwd/logits"), FORWARD_TOL)
+    loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+        yt, logits, from_logits=True))
+    compare(rows, "loss (train mode)", cfg_name, one("", loss, "fwd/loss"), FORWARD_TOL)
+    compare(rows, "BN running stats after it", cfg_name,
+            tensors("bn", bn_keys, lambda k: m.pairs[k].numpy()), FORWARD_TOL, 1.0)
+    compare(rows, "logits (eval mode)", cfg_name,
+            one("", loop.model(xt, training=False), "eval/logits"), FORWARD_TOL)
+    # gradients of the same forward (the product's reduced_grads), from the initial state
+    m.load(q)
+    grads = loop.reduced_grads((xt, yt), [m.pairs[k] for k in grad_keys]
+                               + list(m.alphas.values()))
+    by_key = dict(zip(grad_keys, grads))
+    compare(rows, "d loss / d weights", cfg_name,
+            tensors("grad", grad_keys, lambda k: by_key[k].numpy()), FORWARD_TOL)
+    compare(rows, "d loss / d alpha", cfg_name,
+            [(t, g.numpy(), r[f"grad/alpha_{t}"], q[f"grad/alpha_{t}"])
+             for t, g in zip(m.alphas, grads[len(grad_keys):])], FORWARD_TOL)
+
+    # search steps from the initial state
+    m.load(q)
+    _reset_optimizers(loop)
+    for k in range(1, steps + 1):
+        loop._step_fn((xt, yt), (xv, yv))
+        pre = f"step{k}"
+        compare(rows, f"step {k}: weights and BN stats", cfg_name,
+                tensors(pre, keys, lambda key: m.pairs[key].numpy()), STEP_TOL)
+        compare(rows, f"step {k}: alphas", cfg_name,
+                [(t, a.numpy(), r[f"{pre}/alpha_{t}"], q[f"{pre}/alpha_{t}"])
+                 for t, a in m.alphas.items()], STEP_TOL)
+        compare(rows, f"step {k}: SGD momentum buffers", cfg_name,
+                tensors(f"{pre}/mom", [key for key in grad_keys if f"{pre}/mom/{key}" in r.files],
+                        lambda key: loop.w_opt.buffer(m.pairs[key]).numpy()), STEP_TOL)
+        compare(rows, f"step {k}: Adam moments", cfg_name,
+                [(f"{t} {s}", getattr(loop.a_opt, s)[i].numpy(), r[f"{pre}/adam_{s}/alpha_{t}"],
+                  q[f"{pre}/adam_{s}/alpha_{t}"])
+                 for i, t in enumerate(m.alphas) for s in ("m", "v")], STEP_TOL)
+
+    # PT: the op scores of one edge (normal cell), train-mode BN, on the valid batch, from
+    # the initial state: the product's selector (its traced eval graph, run-time skips and
+    # choice), its alpha split replaced by the reference's batch
+    m.load(q)
+    edge, ctype = 0, loop.space.cell_types[0]
+    row = pt_decision(loop, folder, ctype, edge, (xv, yv))
+    ops = list(loop.space.cells[ctype].ops[edge])
+    compare(rows, "PT: accuracy with each op masked", cfg_name,
+            one("", [row["scores"][op]["acc"] for op in ops], "pt/acc"), 0.0)
+    compare(rows, "PT: loss with each op masked", cfg_name,
+            one("", [row["scores"][op]["loss"] for op in ops], "pt/loss"), FORWARD_TOL)
+    theirs = ops[int(np.argmin(r["pt/acc"]))]  # strict '<' in project_op: the first minimum
+    rows.append(dict(quantity="PT: the op chosen", config=cfg_name,
+                     abs=float(row["choice"] != theirs), rel=float(row["choice"] != theirs),
+                     ref_f32_rel=0.0, tol=0.0, ok=row["choice"] == theirs,
+                     note=f"tfnas {row['choice']}, reference {theirs}"))
+    compare(rows, "PT: BN running stats after the passes", cfg_name,
+            tensors("pt_bn", bn_keys, lambda k: m.pairs[k].numpy()), FORWARD_TOL, 1.0)
+    return rows
+
+
+def pt_decision(loop, folder, ctype, edge, batch):
+    """The decision row of `tfnas select`'s selector on `edge`, scored on `batch`."""
+    from tfnas.selection.pt import PerturbationSelector, SelectConfig
+    selector = PerturbationSelector(loop, SelectConfig(), os.path.join(folder, "selection"),
+                                    log=lambda s: None)
+
+    def evaluate(batches=0, batch_stats=False):  # SearchLoop.evaluate on one given batch
+        for name in ("valid_loss", "valid_acc"):
+            loop.metrics[name].reset_state()
+        loop._eval_fn(batch, training=bool(batch_stats))
+        return (float(loop.metrics["valid_loss"].result()),
+                float(loop.metrics["valid_acc"].result()))
+    loop.evaluate = evaluate
+    return selector.decide_op(ctype, edge)
+
+
+def run_reference(args, cfg, out, dtype):
+    cmd = [args.reference_python, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "parity_reference.py"), f"--dtype={dtype}",
+           f"--darts_pt={args.darts_pt}", f"--out={out}", f"--space={cfg['space']}",
+           f"--channels={cfg['channels']}", f"--layers={cfg['layers']}",
+           f"--batch={args.batch}", f"--steps={args.steps}", f"--seed={args.seed}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the reference run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return np.load(out)
+
+
+def table(rows):
+    lines = ["tfnas (float32) against the reference in float64; 'ref f32': the reference's "
+             "own float32 run against it", f"{'quantity':40s} {'config':12s} {'max abs':>9s} "
+             f"{'max rel':>9s} {'ref f32':>9s} {'tol':>6s}  ok"]
+    for r in rows:
+        lines.append(f"{r['quantity'][:40]:40s} {r['config']:12s} {r['abs']:9.2e} "
+                     f"{r['rel']:9.2e} {r['ref_f32_rel']:9.2e} {r['tol']:6.0e}  "
+                     f"{'yes' if r['ok'] else 'NO'}"
+                     + (f"  ({r['note']})" if r.get("note") and not r["ok"] else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference_dir", default=os.environ.get("TFNAS_REFERENCE_DIR", ""),
+                   help="what prepare_reference.sh made: DIR/darts-pt and DIR/venv "
+                        "(default: $TFNAS_REFERENCE_DIR)")
+    p.add_argument("--darts_pt", default="", help="a CPU export of ruocwang/darts-pt")
+    p.add_argument("--reference_python", default="", help="a Python with PyTorch")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="")
+    args = p.parse_args(argv)
+    if args.reference_dir:
+        args.darts_pt = args.darts_pt or os.path.join(args.reference_dir, "darts-pt")
+        args.reference_python = args.reference_python or os.path.join(
+            args.reference_dir, "venv", "bin", "python")
+    for flag, path in (("--darts_pt", args.darts_pt),
+                       ("--reference_python", args.reference_python)):
+        if not path or not os.path.exists(path):
+            p.error(f"{flag}: {path or 'not given'} does not exist (or give --reference_dir)")
+    rows = []
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            raise SystemExit(f"--configs: {name!r} is unknown; expected {', '.join(CONFIGS)}")
+        with tempfile.TemporaryDirectory() as folder:
+            r, q = (run_reference(args, CONFIGS[name], os.path.join(folder, f"{d}.npz"), d)
+                    for d in ("float64", "float32"))
+            rows += run_tfnas(name, CONFIGS[name], r, q, folder, args.steps)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "batch": args.batch, "steps": args.steps,
+                       "seed": args.seed}, f, indent=1)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
