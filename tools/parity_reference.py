@@ -194,7 +194,45 @@ def main(argv=None):
     for k, v in model.state_dict().items():  # after the PT passes (train-mode BN)
         if "running_" in k:
             out[f"pt_bn/{k}"] = v.numpy().copy()
+    if a.space != "nb201":  # one topology decision, from the initial state again
+        model.load_state_dict(init)
+        model.set_arch_parameters(init_alphas)
+        topology(model, a.darts_pt, a.seed, xv, yv, out)
     np.savez(a.out, **out)
+
+
+def topology(model, root, seed, xv, yv, out):
+    """The reference's own `project_edge` on the normal cell (its random node drawn from the
+    first seed from `seed` on that draws the node with 5 inputs: 3 rounds), scored on the valid batch by an `infer` with the reference's signature (train-mode
+    BN under no_grad; accuracy as a fraction). Writes `topo/nid`, `topo/kept` (edge ids),
+    `topo/evals` [(edge removed, accuracy, loss)] in the order they ran, `topo_bn/KEY`."""
+    import torch
+    import torch.nn.functional as F
+    from sota.cnn.projection import project_edge
+    evals = []
+
+    def infer(queue, net, log=False, _eval=False, weights_dict=None):
+        net.eval() if _eval else net.train()
+        with torch.no_grad():
+            logits = net(xv, weights_dict=weights_dict)
+            w = weights_dict["normal"]
+            removed = [e for e in range(w.shape[0]) if float(w[e].abs().sum()) == 0.0]
+            acc = float((logits.argmax(1) == yv).float().mean())
+            loss = float(F.cross_entropy(logits, yv))
+        evals.append((removed[0] if removed else -1, acc, loss))
+        return acc, loss
+    args = argparse.Namespace(proj_crit={"normal": "acc", "reduce": "acc"},
+                              edge_decision="random")
+    draw = seed  # the first seed from `seed` on whose draw is the node with 5 inputs (nid 2)
+    while np.random.RandomState(draw).choice([0, 1, 2], size=1)[0] != 2:
+        draw += 1
+    np.random.seed(draw)
+    nid, kept = project_edge(model, [(xv, yv)], args, infer, "normal")
+    out["topo/nid"], out["topo/kept"] = np.int64(nid), np.asarray(kept, np.int64)
+    out["topo/evals"] = np.asarray(evals, np.float64)
+    for k, v in model.state_dict().items():
+        if "running_" in k:
+            out[f"topo_bn/{k}"] = v.numpy().copy()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ computes the same quantities with its own product code (`SearchLoop.reduced_grad
   global clip, lr 0.025): every weight, BN statistic and alpha, the momentum buffers and
   Adam's moments after each step;
 - the PT op scores of one edge (accuracy and loss with each op masked, train-mode BN), the
-  op they choose and the BN statistics after the scoring passes.
+  op they choose and the BN statistics after the scoring passes;
+- one topology decision (DARTS family: the reference's own `project_edge` on the node with
+  five inputs): every candidate evaluation of every round, the inputs kept, BN statistics.
 
     python tools/reference_parity.py --reference_dir DIR [--configs=darts_c8_l5] \
         [--json out.json]
@@ -173,7 +175,8 @@ class Mapped:
         if unmatched or left:
             raise SystemExit("the name map does not cover both models:\n  " + "\n  ".join(
                 unmatched + [f"tfnas {p} unmatched" for p in left]))
-        self.alphas = {t: loop.model.arch(t).alpha for t in space.cell_types}
+        self.archs = {t: loop.model.arch(t) for t in space.cell_types}
+        self.alphas = {t: a.alpha for t, a in self.archs.items()}
         arch_left = [v.path for v in model.variables if not v.path.startswith(self.prefix)
                      and not v.path.endswith(("/alpha", "op_mask", "fixed_w", "is_fixed",
                                               "edge_mask"))]
@@ -181,10 +184,17 @@ class Mapped:
             raise SystemExit(f"tfnas variables outside the map: {arch_left}")
 
     def load(self, ref, prefix="init"):
+        """The reference's state `prefix` into tfnas, and no edge masked, decided or removed
+        (the reference's projection flags start clear at each of its sections)."""
         for key, var in self.pairs.items():
             var.assign(to_tf(var.path, ref[f"{prefix}/{key}"]))
         for t, a in self.alphas.items():
             a.assign(ref[f"{prefix}/alpha_{t}"])
+            arch = self.archs[t]
+            arch.reset_op_mask()
+            arch.fixed_w.assign(np.zeros(arch.fixed_w.shape, np.float32))
+            arch.is_fixed.assign(np.zeros(arch.is_fixed.shape, np.float32))
+            arch.edge_mask.assign(np.ones(arch.edge_mask.shape, np.float32))
 
 
 def _reset_optimizers(loop):
@@ -307,11 +317,47 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps):
                      note=f"tfnas {row['choice']}, reference {theirs}"))
     compare(rows, "PT: BN running stats after the passes", cfg_name,
             tensors("pt_bn", bn_keys, lambda k: m.pairs[k].numpy()), FORWARD_TOL, 1.0)
+    if "topo/nid" in r.files:
+        m.load(q)
+        topology_rows(rows, cfg_name, loop, folder, r, q, (xv, yv),
+                      lambda: tensors("topo_bn", bn_keys, lambda k: m.pairs[k].numpy()))
     return rows
 
 
-def pt_decision(loop, folder, ctype, edge, batch):
-    """The decision row of `tfnas select`'s selector on `edge`, scored on `batch`."""
+def topology_rows(rows, cfg_name, loop, folder, r, q, batch, bn_tensors):
+    """One topology decision of the normal cell (the node the reference drew), from the
+    initial state: every candidate evaluation of every round, the kept inputs, and the BN
+    statistics after it."""
+    node = int(r["topo/nid"]) + 3  # the reference's nid2eids: {0: node 3, 1: 4, 2: 5}
+    row = pt_decision(loop, folder, "normal", node, batch, kind="topology")
+    ours = [(int(e), s["acc"], s["loss"]) for rnd in row["rounds"]
+            for e, s in sorted(rnd["scores"].items(), key=lambda kv: int(kv[0]))]
+    theirs = [(int(e), a, loss) for e, a, loss in r["topo/evals"]]
+    same_order = [e for e, _, _ in ours] == [e for e, _, _ in theirs]
+    rows.append(dict(quantity="topology: the edges each round scores", config=cfg_name,
+                     abs=float(not same_order), rel=float(not same_order), ref_f32_rel=0.0,
+                     tol=0.0, ok=same_order, note=f"tfnas {[e for e, _, _ in ours]}"))
+    if same_order:
+        compare(rows, "topology: accuracy without each edge", cfg_name,
+                [("", [a for _, a, _ in ours], r["topo/evals"][:, 1], q["topo/evals"][:, 1])],
+                0.0)
+        compare(rows, "topology: loss without each edge", cfg_name,
+                [("", [x for _, _, x in ours], r["topo/evals"][:, 2], q["topo/evals"][:, 2])],
+                FORWARD_TOL)
+    edges = loop.space.cells["normal"].edges
+    kept = sorted(edges[int(e)][1] for e in r["topo/kept"])
+    rows.append(dict(quantity="topology: the inputs kept", config=cfg_name,
+                     abs=float(sorted(row["kept_inputs"]) != kept),
+                     rel=float(sorted(row["kept_inputs"]) != kept), ref_f32_rel=0.0, tol=0.0,
+                     ok=sorted(row["kept_inputs"]) == kept,
+                     note=f"node {node}: tfnas {row['kept_inputs']}, reference {kept}"))
+    compare(rows, "topology: BN running stats after it", cfg_name, bn_tensors(), FORWARD_TOL,
+            1.0)
+
+
+def pt_decision(loop, folder, ctype, target, batch, kind="op"):
+    """The decision row of `tfnas select`'s selector (`kind` "op": edge `target`;
+    "topology": node `target`), scored on `batch`."""
     from tfnas.selection.pt import PerturbationSelector, SelectConfig
     selector = PerturbationSelector(loop, SelectConfig(), os.path.join(folder, "selection"),
                                     log=lambda s: None)
@@ -323,7 +369,7 @@ def pt_decision(loop, folder, ctype, edge, batch):
         return (float(loop.metrics["valid_loss"].result()),
                 float(loop.metrics["valid_acc"].result()))
     loop.evaluate = evaluate
-    return selector.decide_op(ctype, edge)
+    return selector.decide(kind, ctype, target)
 
 
 def run_reference(args, cfg, out, dtype):
