@@ -121,6 +121,10 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="float64: the reference's numbers without its own float32 rounding "
                         "(the same initial weights: built in float32, then converted)")
+    p.add_argument("--perturb", type=float, default=0.0,
+                   help="multiply both batches by 1 + PERTURB * N(0, 1) noise (seeded): how "
+                        "much the reference itself moves under an input change of rounding "
+                        "size (ReLU kinks)")
     a = p.parse_args(argv)
     import torch
     torch.set_num_threads(2)
@@ -131,6 +135,9 @@ def main(argv=None):
     xt, xv = (torch.randn(a.batch, 3, 32, 32, generator=g) for _ in range(2))
     yt, yv = (torch.randint(0, NUM_CLASSES, (a.batch,), generator=g) for _ in range(2))
     out = {"x_t": xt.numpy(), "y_t": yt.numpy(), "x_v": xv.numpy(), "y_v": yv.numpy()}
+    if a.perturb:
+        noise = torch.Generator().manual_seed(a.seed + 2)
+        xt, xv = (x * (1 + a.perturb * torch.randn(x.shape, generator=noise)) for x in (xt, xv))
     if a.dtype == "float64":
         model.double()  # parameters converted in place: the optimizers keep them
         for alpha in model.arch_parameters():
