@@ -63,18 +63,27 @@ SEP = {"1": "depthwise_0", "2": "pointwise_0", "3": "bn_0", "5": "depthwise_1",
 
 
 # --- the name map ------------------------------------------------------------------------------
+def _outer_path(key):
+    """The tfnas path of a state_dict entry outside the cells (stem, head BN, classifier),
+    None for `num_batches_tracked` (tfnas's BN momentum is fixed: no counter)."""
+    p = key.split(".")
+    if p[-1] == "num_batches_tracked":
+        return None
+    if p[0] == "stem":
+        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
+    if p[0] == "lastact":
+        return f"head_bn/{BN_KEYS[p[2]]}"
+    if p[0] == "classifier":
+        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
+    raise KeyError(key)
+
+
 def darts_path(key, space, reduction):
     """The tfnas supernet path (without the model's own name) of reference state_dict `key`
     (`sota/cnn` DartsNetworkProj), or None for entries tfnas has no counterpart of."""
-    if key.endswith("num_batches_tracked"):
-        return None
     p = key.split(".")
-    if p[0] == "stem":
-        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
-    if p[0] == "classifier":
-        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
-    if p[0] != "cells":
-        raise KeyError(key)
+    if p[0] != "cells" or p[-1] == "num_batches_tracked":
+        return _outer_path(key)
     cell = f"cell_{p[1]}"
     if p[2].startswith("preprocess"):
         pre = f"{cell}/pre{p[2][-1]}"
@@ -99,15 +108,9 @@ def darts_path(key, space, reduction):
 def nb201_path(key, space, layers):
     """The tfnas path of reference state_dict `key` (nasbench201 TinyNetworkDartsProj with N
     = `layers` search cells per stage), or None where tfnas has no counterpart."""
-    if key.endswith("num_batches_tracked"):
-        return None
     p = key.split(".")
-    if p[0] == "stem":
-        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
-    if p[0] == "lastact":
-        return f"head_bn/{BN_KEYS[p[2]]}"
-    if p[0] == "classifier":
-        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
+    if p[0] != "cells" or p[-1] == "num_batches_tracked":
+        return _outer_path(key)
     i = int(p[1])  # N cells, a reduction block, N cells, a reduction block, N cells
     stage, pos = divmod(i, layers + 1)
     if pos == layers:  # the ResNet reduction block after stage `stage`
