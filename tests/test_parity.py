@@ -22,10 +22,13 @@ def test_every_quantity_matches_the_reference(tmp_path):
     out = tmp_path / "parity.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reference_parity.py"),
                            f"--reference_dir={REFERENCE}", f"--json={out}"],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
     rows = json.loads(out.read_text())["rows"]
-    assert {r["config"] for r in rows} == {"darts_c8_l5", "nb201_c8_n1"}
+    assert {r["config"] for r in rows} == {"darts_c8_l5", "s1_c8_l5", "s2_c8_l5", "s3_c8_l5",
+                                           "nb201_c8_n1"}
     bad = [r for r in rows if not r["ok"]]
     assert proc.returncode == 0 and not bad, (bad, proc.stdout[-3000:])
     chosen = [r for r in rows if r["quantity"] == "PT: the op chosen"]
-    assert len(chosen) == 2 and all(r["abs"] == 0 for r in chosen)
+    assert len(chosen) == 5 and all(r["abs"] == 0 for r in chosen)
+    kept = [r for r in rows if r["quantity"] == "topology: the inputs kept"]
+    assert len(kept) == 4 and all(r["ok"] for r in kept)

@@ -121,6 +121,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="float64: the reference's numbers without its own float32 rounding "
                         "(the same initial weights: built in float32, then converted)")
+    p.add_argument("--perturb_seed", type=int, default=0, help="which noise draw")
     p.add_argument("--perturb", type=float, default=0.0,
                    help="multiply both batches by 1 + PERTURB * N(0, 1) noise (seeded): how "
                         "much the reference itself moves under an input change of rounding "
@@ -136,7 +137,7 @@ def main(argv=None):
     yt, yv = (torch.randint(0, NUM_CLASSES, (a.batch,), generator=g) for _ in range(2))
     out = {"x_t": xt.numpy(), "y_t": yt.numpy(), "x_v": xv.numpy(), "y_v": yv.numpy()}
     if a.perturb:
-        noise = torch.Generator().manual_seed(a.seed + 2)
+        noise = torch.Generator().manual_seed(a.seed + 2 + a.perturb_seed)
         xt, xv = (x * (1 + a.perturb * torch.randn(x.shape, generator=noise)) for x in (xt, xv))
     if a.dtype == "float64":
         model.double()  # parameters converted in place: the optimizers keep them
