@@ -38,23 +38,23 @@ def _count(name, fn):
 
 type(mirrored.extended).batch_reduce_to = _count("batch_reduce_to", _batch)
 type(mirrored).reduce = _count("reduce", _reduce)
-train, valid = loop_m._datasets(0)
-loop_m._step_fn.get_concrete_function(next(iter(train)), next(iter(valid)))  # one trace
+train, valid = loop_m.batches(0)
+loop_m.state._step_fn.get_concrete_function(next(iter(train)), next(iter(valid)))  # one trace
 # gradient lists: the alpha list and the weight list (sync BN all-reduces 3 values per layer)
-traced = {"gradient_batches": sum(n in (len(loop_m.alphas), len(loop_m.weights))
+traced = {"gradient_batches": sum(n in (len(loop_m.state.alphas), len(loop_m.state.weights))
                                   for n in calls["sizes"]), "reduce": calls["reduce"]}
 type(mirrored.extended).batch_reduce_to, type(mirrored).reduce = _batch, _reduce
 loop_m.run()
 loop_1.run()
-copies = [mirrored.experimental_local_results(a._value) for a in loop_m.alphas]  # tf variable
+copies = [mirrored.experimental_local_results(a._value) for a in loop_m.state.alphas]  # tf variable
 replica_diff = max(float(np.abs(c[0].numpy() - c[1].numpy()).max()) for c in copies)
 alpha_diff = max(float(np.abs(a.numpy() - b.numpy()).max())
-                 for a, b in zip(loop_m.alphas, loop_1.alphas))
+                 for a, b in zip(loop_m.state.alphas, loop_1.alphas))
 weight_diff = max(float(np.abs(a.numpy() - b.numpy()).max())
-                  for a, b in zip(loop_m.weights, loop_1.weights))
+                  for a, b in zip(loop_m.state.weights, loop_1.weights))
 print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "replica_diff": replica_diff,
                   "alpha_diff": alpha_diff, "weight_diff": weight_diff,
-                  "reductions_per_step": traced, "weights": len(loop_m.weights)}))
+                  "reductions_per_step": traced, "weights": len(loop_m.state.weights)}))
 
 # selection state (PT masks, SGAS / PT decisions, topology removals) reaches every replica
 arch = loop_m.model.archs[0]

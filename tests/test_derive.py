@@ -170,3 +170,48 @@ def test_select_magnitude_pt_mag_and_errors():
     net2, _ = _tiny()
     with pytest.raises(UsageError, match="yielded no examples"):
         select(net2, ds.take(0), selector="pt")
+
+
+def _state_values(loop):
+    return [v.numpy().copy() for v in loop.state.weights + loop.state.alphas]
+
+
+def test_library_tuning_is_the_tuning_of_tfnas_select(tmp_path):
+    """`tfnas.derive.select`'s tuning (a dataset `tune`) runs the step of `tfnas select`'s
+    tuning (`tune_supernet` on the search run): alpha Adam on the validation batches, then
+    momentum SGD with coupled L2 and the clip; given the same batches and start, the same
+    weights and alphas come out. `arch_update="frozen"` keeps every alpha; an endless
+    dataset is refused."""
+    from tfnas.bilevel import tune_supernet
+    from tfnas.config import SearchConfig
+    from tfnas.derive import Tuning, make_tune
+    from tfnas.search import SearchLoop
+    from helpers import tiny_config
+
+    cfg = tiny_config(str(tmp_path), steps_per_epoch=3)
+    loop = SearchLoop(cfg, str(tmp_path / "run"), tf.distribute.get_strategy(),
+                      log=lambda s: None)
+    loop.model.arch("normal").fix_edge(0, 1)
+    start = [v.numpy().copy() for v in loop.model.variables]
+    alphas0 = [a.numpy().copy() for a in loop.state.alphas]
+    tune_supernet(loop, 1, 0.01, data_base=7, log=lambda s: None)
+    want = _state_values(loop)
+    for v, value in zip(loop.model.variables, start):
+        v.assign(value)
+    train, valid = loop.batches(7, 7, tuning=True)
+    tune = make_tune(loop.model, train.take(loop.steps), valid,
+                     Tuning(epochs=1, lr=0.01, hyper=cfg))
+    tune(0)
+    got = _state_values(loop)
+    n_alpha = len(loop.state.alphas)
+    assert max(np.abs(a - b).max() for a, b in zip(got[-n_alpha:], alphas0)) > 1e-6
+    for w, g in zip(want, got):  # alphas and weights as tfnas select's tuning
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    frozen = make_tune(loop.model, train.take(loop.steps), valid,
+                       Tuning(epochs=1, hyper=SearchConfig(arch_update="frozen")))
+    frozen(0)
+    for a, before in zip(loop.state.alphas, got[-n_alpha:]):
+        np.testing.assert_array_equal(a.numpy(), before)
+    assert not np.allclose(loop.state.weights[0].numpy(), got[0])  # the weights trained
+    with pytest.raises(UsageError, match="infinite"):
+        make_tune(loop.model, train.repeat(), valid)

@@ -336,12 +336,12 @@ from tfnas.search import SearchLoop
 tmp = tempfile.mkdtemp()
 st = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 loop = SearchLoop(tiny_config(tmp, batch_size=32), tmp + "/run", st, is_chief=False)
-bt = next(iter(loop._datasets(0)[0]))
+bt = next(iter(loop.batches(0)[0]))
 out = {}
 for shared in (False, True):
     loop.model.share_edge_traces(shared)
     snap = [v.numpy() for v in loop.model.non_trainable_variables]
-    g = tf.function(lambda b: loop.reduced_grads(b, loop.weights + loop.alphas))(bt)
+    g = tf.function(lambda b: loop.state.reduced_grads(b, loop.state.weights + loop.state.alphas))(bt)
     stats = [[r.numpy().tolist() for r in st.experimental_local_results(v.value)]
              for v in loop.model.non_trainable_variables if "moving_mean" in v.path]
     for v, s in zip(loop.model.non_trainable_variables, snap):
@@ -373,7 +373,7 @@ import json
 import numpy as np, tensorflow as tf, keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tfnas.search.optim import MomentumSGD
+from tfnas.bilevel.optim import MomentumSGD
 out = {}
 for name, strat in (("default", tf.distribute.get_strategy()),
                     ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):

@@ -61,7 +61,7 @@ def _one_epoch(tmp_path, **overrides):
     cfg = tiny_config(str(tmp_path), epochs=1, steps_per_epoch=2, **overrides)
     loop = SearchLoop(cfg, str(tmp_path / "run"), tf.distribute.get_strategy(),
                       log=lambda s: None)
-    before = [np.array(a) for a in loop.alphas]
+    before = [np.array(a) for a in loop.state.alphas]
     rec = loop.train_epoch(0, cfg.lr)
     return loop, before, rec
 
@@ -73,8 +73,8 @@ def _one_epoch(tmp_path, **overrides):
 def test_every_arch_update_runs_an_epoch_with_finite_losses(name, tmp_path):
     loop, before, rec = _one_epoch(tmp_path, arch_update=name)
     assert math.isfinite(rec["train_loss"]) and 0 <= rec["train_acc"] <= 1
-    moved = any(not np.array_equal(b, np.array(a)) for b, a in zip(before, loop.alphas))
-    assert moved == loop.arch_update.trains_alpha
+    moved = any(not np.array_equal(b, np.array(a)) for b, a in zip(before, loop.state.alphas))
+    assert moved == loop.state.arch_update.trains_alpha
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_drnas_regulariser_example(tmp_path):
     first, _, _ = _one_epoch(tmp_path / "a", arch_update="first_order")
     drnas, _, _ = _one_epoch(tmp_path / "b", arch_update="dirichlet_kl")
     diff = max(float(np.max(np.abs(np.array(a) - np.array(b))))
-               for a, b in zip(first.alphas, drnas.alphas))
+               for a, b in zip(first.state.alphas, drnas.state.alphas))
     assert 0 < diff < 1e-2  # the regulariser moved alpha, a little
 
 

@@ -22,7 +22,7 @@ from tfnas.data import ArrayData, Pipeline
 from tfnas.models import DiscreteCell, build_model, set_drop_path
 from tfnas.optimizers import EpochCosine, ReferenceSGD
 from tfnas.search import SearchLoop, run_search
-from tfnas.search.components import _to_simplex
+from tfnas.bilevel.updates import _to_simplex
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -126,7 +126,7 @@ def _genotype():
 def test_alpha_optimizer_is_torch_adam():
     """The reference's alpha step: torch.optim.Adam(lr 3e-4, betas (0.5, 0.999), eps 1e-8)
     on the gradient plus the coupled L2 term (added by the caller)."""
-    from tfnas.search.optim import TorchAdam
+    from tfnas.bilevel.optim import TorchAdam
     rng = np.random.default_rng(1)
     a0 = rng.normal(size=(5, 3)).astype(np.float32) * 1e-3
     grads = [rng.normal(size=(5, 3)).astype(np.float32) * 1e-4 for _ in range(4)]
@@ -157,12 +157,12 @@ def test_selection_resets_the_weight_momentum(searched, tmp_path):
     wd = str(tmp_path / "s")
     shutil.copytree(searched, wd)
     loop = load_search(wd, log=lambda s: None)
-    assert max(float(np.abs(b.numpy()).max()) for b in loop.w_opt.buffers) > 0  # search's
+    assert max(float(np.abs(b.numpy()).max()) for b in loop.state.w_opt.buffers) > 0  # search's
     sel = PerturbationSelector(loop, SelectConfig(tune_epochs_per_decision=1, score_batches=1),
                                os.path.join(wd, "selection"), log=lambda s: None)
     assert sel.restore() == 0
-    assert all(not np.any(b.numpy()) for b in loop.w_opt.buffers)
-    assert int(loop.w_opt.iterations) == 0
+    assert all(not np.any(b.numpy()) for b in loop.state.w_opt.buffers)
+    assert int(loop.state.w_opt.iterations) == 0
 
 
 # 4. SDARTS's clip() --------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tensorflow as tf
 from helpers import tiny_config
 from tfnas.io import read_jsonl
 from tfnas.search import SearchLoop
-from tfnas.search.graphs import SKIP_COST, TRACE_CALLS
+from tfnas.bilevel.graphs import SKIP_COST, TRACE_CALLS
 from tfnas.selection.pt import SelectConfig
 from tfnas.selection.run import run_select
 
@@ -21,7 +21,7 @@ def _loop(tmp, mode):
     cfg = tiny_config(str(tmp), steps_per_epoch=3)
     loop = SearchLoop(cfg, str(tmp / f"run_{mode}"), tf.distribute.get_strategy(),
                       is_chief=False, log=lambda s: None)
-    loop.graphs.set_mode(mode)
+    loop.state.graphs.set_mode(mode)
     for t in loop.space.cell_types:  # tiny space: 5 edges of (max_pool_3x3, sep_conv_3x3)
         a = loop.model.arch(t)
         a.fix_edge(0, 0)   # keeps max_pool: sep_conv left out
@@ -34,7 +34,7 @@ def _loop(tmp, mode):
 
 def _run(loop):
     for kind in ("eval", "step"):
-        loop.graphs.refresh(kind, calls_ahead=100)
+        loop.state.graphs.refresh(kind, calls_ahead=100)
     out = [loop.evaluate(batches=2, batch_stats=True)]
     out.append(loop.train_epoch(0, 0.05))
     out.append(loop.evaluate(batches=2, batch_stats=True))
@@ -57,7 +57,7 @@ def test_zero_ops_are_the_decided_and_removed_positions(pair):
     for t in ("normal", "reduce"):
         assert {(e, k) for c, e, k in zero if c == t} == {(0, 1), (1, 0), (2, 0), (2, 1),
                                                           (3, 0), (3, 1)}
-    assert pruned.graphs.left_out == {"eval": zero, "step": zero}
+    assert pruned.state.graphs.left_out == {"eval": zero, "step": zero}
     with pruned.model.leaving_out(zero):
         cell = pruned.model.search_cells()[0][0]
         assert [m.live_ops for m in cell.edges] == [[0], [1], [], [], [0, 1]]
@@ -73,8 +73,8 @@ def _close(a, b):
 
 def test_pruned_graphs_compute_the_same_function(pair):
     full, full_out, pruned, pruned_out = pair
-    assert full.graphs.left_out["step"] == frozenset()
-    assert pruned.graphs.retraces == {"eval": 1, "step": 1}
+    assert full.state.graphs.left_out["step"] == frozenset()
+    assert pruned.state.graphs.retraces == {"eval": 1, "step": 1}
     assert all(_close(a, b) for a, b in zip(full_out, pruned_out)), (full_out, pruned_out)
     assert [o[1] for o in full_out[::2]] == [o[1] for o in pruned_out[::2]]  # accuracies
     assert full_out[1]["train_loss"] > 0 and full_out[0] != full_out[3]
@@ -85,7 +85,7 @@ def test_pruned_graphs_compute_the_same_function(pair):
 
 def test_auto_prunes_by_the_work_ahead_and_falls_back_when_an_edge_returns(pair):
     _, _, pruned, _ = pair
-    g = pruned.graphs
+    g = pruned.state.graphs
     zero = pruned.model.zero_ops()
     g.set_mode("auto")
     share = g.cost(zero) / g.cost(frozenset())
@@ -145,7 +145,7 @@ def test_run_time_skipping_graph_and_its_cost_model(pair):
     traced graph; under auto, pruning must beat it (not the full graph) to pay for a
     trace."""
     _, _, pruned, _ = pair
-    g = pruned.graphs
+    g = pruned.state.graphs
     zero = pruned.model.zero_ops()
     g.set_mode("always")
     g.refresh("eval", 1)  # the graph without the zero ops, whatever the tests before did
@@ -166,7 +166,7 @@ def test_run_time_skipping_graph_and_its_cost_model(pair):
                                       "ops skipped at run time)")
         batch = next(iter(pruned._distribute(functools.partial(
             pruned.pipeline.evaluation, pruned.data.x_train[:4], pruned.data.y_train[:4]))))
-        library = pruned._eval_fn.get_concrete_function(
+        library = pruned.state._eval_fn.get_concrete_function(
             batch, training=True).graph.as_graph_def().library.function
         # the conds sit in the shared edge functions: one per op of every edge kind
         conds = [n for f in library for n in f.node_def if n.op in ("If", "StatelessIf")]

@@ -30,12 +30,12 @@ def _batch(loop, n=32):
 
 def test_random_smoothing_perturbs_only_the_weight_step(tmp_path):
     loop = _loop(tmp_path / "rs", perturbation="random", arch_update="frozen", epsilon=0.3)
-    pert = loop.perturbation
-    pert.begin_epoch(loop, 1)
+    pert = loop.state.perturbation
+    pert.begin_epoch(loop.state, 1)
     assert float(pert.epsilon) == pytest.approx(0.03 + 0.27 * 1 / 2)
-    pert.begin_epoch(loop, 0, tuning=True)
+    pert.begin_epoch(loop.state, 0, tuning=True)
     assert float(pert.epsilon) == pytest.approx(0.3)
-    probs = pert.probs(loop, None)
+    probs = pert.probs(loop.state, None)
     for t, arch in zip(loop.space.cell_types, loop.model.archs):
         p, clean = probs[t].numpy(), arch.softmax().numpy()
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
@@ -44,35 +44,35 @@ def test_random_smoothing_perturbs_only_the_weight_step(tmp_path):
     # a decided edge is never perturbed
     arch = loop.model.arch("normal")
     arch.fix_edge(2, 1)
-    w = loop.model.mixing_weights(pert.probs(loop, None))["normal"].numpy()
+    w = loop.model.mixing_weights(pert.probs(loop.state, None))["normal"].numpy()
     np.testing.assert_array_equal(w[2], [0.0, 1.0])
     arch.is_fixed.assign(tf.zeros_like(arch.is_fixed))
 
     # same seed, same data: alphas untouched (bit-identical), weights moved differently
     plain = _loop(tmp_path / "plain", perturbation="none", arch_update="frozen")
     for lp in (loop, plain):
-        lp.w_opt.learning_rate.assign(0.1)
-        lp.perturbation.begin_epoch(lp, 1)
-    a0 = [a.numpy().copy() for a in loop.alphas]
+        lp.state.w_opt.learning_rate.assign(0.1)
+        lp.state.perturbation.begin_epoch(lp.state, 1)
+    a0 = [a.numpy().copy() for a in loop.state.alphas]
     bt, bv = _batch(loop), _batch(loop)
-    loop._step_fn(bt, bv)
-    plain._step_fn(bt, bv)
-    for a, b in zip(a0, loop.alphas):
+    loop.state._step_fn(bt, bv)
+    plain.state._step_fn(bt, bv)
+    for a, b in zip(a0, loop.state.alphas):
         np.testing.assert_array_equal(a, b.numpy())
-    np.testing.assert_array_equal(a0[0], plain.alphas[0].numpy())
+    np.testing.assert_array_equal(a0[0], plain.state.alphas[0].numpy())
     diff = max(float(np.abs(u.numpy() - v.numpy()).max())
-               for u, v in zip(loop.weights, plain.weights))
+               for u, v in zip(loop.state.weights, plain.state.weights))
     assert diff > 1e-6
 
 
 def test_adversarial_perturbation_is_kept_only_if_it_raises_the_loss(tmp_path):
     loop = _loop(tmp_path, perturbation="adversarial", epsilon=0.3)
-    loop.perturbation.begin_epoch(loop, 0, tuning=True)
+    loop.state.perturbation.begin_epoch(loop.state, 0, tuning=True)
     bt = _batch(loop)
-    adv = loop.perturbation.probs(loop, bt)
+    adv = loop.state.perturbation.probs(loop.state, bt)
     clean = {t: a.softmax() for t, a in zip(loop.space.cell_types, loop.model.archs)}
-    l_adv = float(loop.reduced_loss(bt, probs=adv, training=False))
-    l_clean = float(loop.reduced_loss(bt, probs=clean, training=False))
+    l_adv = float(loop.state.reduced_loss(bt, probs=adv, training=False))
+    l_clean = float(loop.state.reduced_loss(bt, probs=clean, training=False))
     moved = max(float(np.abs(adv[t].numpy() - clean[t].numpy()).max()) for t in adv)
     assert moved > 1e-3  # on this batch the attack succeeds
     assert l_adv > l_clean

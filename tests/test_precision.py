@@ -76,7 +76,7 @@ def test_unknown_precision_is_refused():
 
 
 def test_loss_scale_skips_non_finite_updates_halves_and_grows():
-    from tfnas.search.optim import DynamicLossScale
+    from tfnas.bilevel.optim import DynamicLossScale
     ls = DynamicLossScale(initial=8.0, period=2)
     v = tf.Variable(1.0)
 
@@ -110,49 +110,50 @@ def test_float16_gradients_are_unscaled_and_an_overflow_skips_the_step(tmp_path)
     assert computes["ArchParameters"] == "float32"
     assert [v.name for v in loop.state_variables()["loss_scale"]] == [
         "loss_scale:0", "loss_scale_good_steps:0"]
-    train, valid = loop._datasets(0)
+    train, valid = loop.batches(0)
     bt = next(iter(train))
     # the same weights in float32: the float16 loop's gradients are unscaled (x 2**15 if not)
     _, ref = _fp16_loop(str(tmp_path / "f32"))
-    ref.loss_scale = None
+    ref.state.loss_scale = None
     for a, b in zip(ref.model.variables, loop.model.variables):
         a.assign(b)
-    g16 = loop.reduced_grads(bt, loop.alphas)
-    g32 = ref.reduced_grads(bt, ref.alphas)
+    g16 = loop.state.reduced_grads(bt, loop.state.alphas)
+    g32 = ref.state.reduced_grads(bt, ref.state.alphas)
     for a, b in zip(g16, g32):
         assert float(tf.reduce_max(tf.abs(a - b))) < 0.05 * float(tf.reduce_max(tf.abs(b)))
     # a scale that overflows float16 gradients: both updates skipped, the scale halved once
     # (the alpha and the weight update are one step)
-    before = [v.numpy().copy() for v in loop.alphas + loop.weights]
-    loop.loss_scale.period = 3  # read when the step is traced
-    loop.loss_scale.scale.assign(2.0 ** 100)
-    loop._step_fn(bt, next(iter(valid)))
-    after = [v.numpy() for v in loop.alphas + loop.weights]
+    before = [v.numpy().copy() for v in loop.state.alphas + loop.state.weights]
+    loop.state.loss_scale.period = 3  # read when the step is traced
+    loop.state.loss_scale.scale.assign(2.0 ** 100)
+    loop.state._step_fn(bt, next(iter(valid)))
+    after = [v.numpy() for v in loop.state.alphas + loop.state.weights]
     assert all((a == b).all() for a, b in zip(before, after))
-    assert float(loop.loss_scale.scale) == 2.0 ** 99
-    assert int(loop.w_opt.iterations) == int(loop.a_opt.iterations) == 0
+    assert float(loop.state.loss_scale.scale) == 2.0 ** 99
+    assert int(loop.state.w_opt.iterations) == int(loop.state.a_opt.iterations) == 0
     # finite steps: one count each (the scale doubles after `period` steps, not period / 2)
-    loop.loss_scale.scale.assign(2.0 ** 8)
+    loop.state.loss_scale.scale.assign(2.0 ** 8)
     it_t, it_v = iter(train), iter(valid)
     for n in (1, 2):
-        loop._step_fn(next(it_t), next(it_v))
-        assert int(loop.loss_scale.good_steps) == n and float(loop.loss_scale.scale) == 2.0 ** 8
-    loop._step_fn(next(it_t), next(it_v))
-    assert int(loop.loss_scale.good_steps) == 0 and float(loop.loss_scale.scale) == 2.0 ** 9
-    assert int(loop.w_opt.iterations) == int(loop.a_opt.iterations) == 3
+        loop.state._step_fn(next(it_t), next(it_v))
+        assert int(loop.state.loss_scale.good_steps) == n and float(loop.state.loss_scale.scale) == 2.0 ** 8
+    loop.state._step_fn(next(it_t), next(it_v))
+    assert int(loop.state.loss_scale.good_steps) == 0 and float(loop.state.loss_scale.scale) == 2.0 ** 9
+    assert int(loop.state.w_opt.iterations) == int(loop.state.a_opt.iterations) == 3
 
 
 def test_float16_search_learns_and_resumes_with_its_loss_scale(tmp_path, monkeypatch):
     import functools
     from tfnas.io import read_jsonl
-    from tfnas.search import loop as loop_module, run_search
-    from tfnas.search.optim import DynamicLossScale
+    from tfnas.bilevel import state as state_module
+    from tfnas.search import run_search
+    from tfnas.bilevel.optim import DynamicLossScale
     # a first scale at float16's edge and a short growth period: the scale grows to 2**17,
     # overflows there (a step skipped, halved) and grows again (checked in the checkpoints:
     # 2**16 after epoch 2, 2**17 after 3), so a resume that lost it would compute
     # differently. (2**24 cost about 11 of the 18 steps at one halving per step, and the
     # "learns" bound then depended on the CPU's float16 rounding.)
-    monkeypatch.setattr(loop_module, "DynamicLossScale",
+    monkeypatch.setattr(state_module, "DynamicLossScale",
                         functools.partial(DynamicLossScale, initial=2.0 ** 16, period=8))
     cfg = tiny_config(str(tmp_path), epochs=3, steps_per_epoch=6, batch_size=64,
                       limit_examples=0, mixed_precision="mixed_float16")

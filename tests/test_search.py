@@ -40,11 +40,11 @@ def _one_epoch(tmp_path, **kw):
     cfg = tiny_config(str(tmp_path), epochs=1, steps_per_epoch=2, **kw)
     loop = SearchLoop(cfg, str(tmp_path / "w"), tf.distribute.get_strategy(), is_chief=False,
                       log=lambda s: None)
-    a0 = [a.numpy().copy() for a in loop.alphas]
-    w0 = [w.numpy().copy() for w in loop.weights]
+    a0 = [a.numpy().copy() for a in loop.state.alphas]
+    w0 = [w.numpy().copy() for w in loop.state.weights]
     loop.run()
-    a1 = [a.numpy() for a in loop.alphas]
-    w1 = [w.numpy() for w in loop.weights]
+    a1 = [a.numpy() for a in loop.state.alphas]
+    w1 = [w.numpy() for w in loop.state.weights]
     return a0, a1, w0, w1
 
 
@@ -63,8 +63,8 @@ def test_frozen_alpha_is_bit_identical(tmp_path):
 
 def _assigns_per_step(loop, variable):
     """AssignVariableOps on `variable` in the traced search step (BN statistics updates)."""
-    train, valid = loop._datasets(0)
-    cf = loop._step_fn.get_concrete_function(next(iter(train)), next(iter(valid)))
+    train, valid = loop.batches(0)
+    cf = loop.state._step_fn.get_concrete_function(next(iter(train)), next(iter(valid)))
     handle = variable.value.handle
     inner = [i for e, i in cf.graph.captures if e is handle]
     assert len(inner) == 1
@@ -112,9 +112,9 @@ def test_second_order_hypergradient_matches_double_backprop(tmp_path):
           tf.constant(rng.integers(0, 10, 32)))
     bv = (tf.constant(rng.normal(size=(32, 8, 8, 1)), tf.float32),
           tf.constant(rng.integers(0, 10, 32)))
-    lr, wd = float(loop.w_opt.learning_rate.numpy()), cfg.weight_decay
+    lr, wd = float(loop.state.w_opt.learning_rate.numpy()), cfg.weight_decay
     model = loop.model
-    fd = [g.numpy() for g in loop.arch_update.hypergradient(loop, bt, bv)]
+    fd = [g.numpy() for g in loop.state.arch_update.hypergradient(loop.state, bt, bv)]
 
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
@@ -245,8 +245,8 @@ def test_steps_per_execution_changes_nothing_but_the_host_reads(tmp_path):
     loop = SearchLoop(cfg, str(tmp_path / "three"), tf.distribute.get_strategy(),
                       log=lambda s: None)
     calls = []
-    inner = loop._steps_fn
-    loop._steps_fn = lambda *a: calls.append(int(a[2])) or inner(*a)
+    inner = loop.state._steps_fn
+    loop.state._steps_fn = lambda *a: calls.append(int(a[2])) or inner(*a)
     loop_module.prepare_workdir(str(tmp_path / "three"), cfg, False)
     three = loop.run()
     assert calls == [3, 1, 3, 1]  # 2 epochs

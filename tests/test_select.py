@@ -260,7 +260,7 @@ def test_pt_mag_end_to_end_keeps_decided_edges_fixed(searched, tmp_path):
         logits = loop.model(x, training=True)
         loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
             y, logits, from_logits=True))
-    grads = tape.gradient(loss, loop.alphas)
+    grads = tape.gradient(loss, loop.state.alphas)
     for gr in grads:
         assert gr is None or float(tf.reduce_max(tf.abs(gr))) == 0.0
     # TensorBoard has the selection run

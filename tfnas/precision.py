@@ -4,7 +4,7 @@ Under `mixed_bfloat16` or `mixed_float16` every op computes in the 16-bit type w
 variables, while alphas and their softmax (`ArchParameters`), BN scale/offset/statistics
 (`BatchNorm`, not autocast), the classifier's logits and therefore the loss stay float32.
 float16 also needs loss scaling: the search loop's `DynamicLossScale`
-(tfnas/search/optim.py), and Keras's `LossScaleOptimizer` in `tfnas train`, which `compile`
+(tfnas/bilevel/optim.py), and Keras's `LossScaleOptimizer` in `tfnas train`, which `compile`
 wraps around the optimizer of a mixed_float16 model.
 """
 

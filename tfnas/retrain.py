@@ -76,7 +76,7 @@ class RetrainLoop:
             self.opt.build(self.variables)
             self.loss_scale = None
             if config.mixed_precision == "mixed_float16":
-                from tfnas.search.optim import DynamicLossScale
+                from tfnas.bilevel.optim import DynamicLossScale
                 self.loss_scale = DynamicLossScale()
             self.metrics = {f"{p}{n}": (keras.metrics.CategoricalAccuracy(name=p + n)
                                         if n.endswith("accuracy") else keras.metrics.Mean(

@@ -71,26 +71,26 @@ def run_one(name, steps, warmup, decision_batches=4, recompute=False):
                        channels=c["channels"], layers=c["layers"], batch_size=b,
                        epochs=1, recompute=recompute).validate()
     loop = SearchLoop(cfg, f"{tmp}/run", tf.distribute.get_strategy(), is_chief=False)
-    train, valid = loop._datasets(0)
+    train, valid = loop.batches(0)
     bt, bv = next(iter(train)), next(iter(valid))
-    loop._step_fn(bt, bv).numpy()
+    loop.state._step_fn(bt, bv).numpy()
     first = time.time() - t_launch
     times = []
     for i in range(warmup + steps):
         t0 = time.time()
-        loop._step_fn(bt, bv).numpy()
+        loop.state._step_fn(bt, bv).numpy()
         if i >= warmup:
             times.append(time.time() - t0)
     med = statistics.median(times)
     # PT scoring pass: one masked-op evaluation of a batch (BN batch statistics, no gradient)
     arch = loop.model.archs[0]
     arch.mask_op(0, 0)
-    loop._eval_fn(bv, training=True)
+    loop.state._eval_fn(bv, training=True)
     pt_times = []
     for i in range(warmup + steps):
         t0 = time.time()
-        loop._eval_fn(bv, training=True)
-        float(loop.metrics["valid_acc"].result())
+        loop.state._eval_fn(bv, training=True)
+        float(loop.state.metrics["valid_acc"].result())
         if i >= warmup:
             pt_times.append(time.time() - t0)
     arch.reset_op_mask()
@@ -136,7 +136,7 @@ def _step_gflop(loop, bt, bv):
     import tensorflow as tf
     loop.model.share_edge_traces(False)
     try:
-        return _graph_gflop(tf.function(loop._step).get_concrete_function(bt, bv).graph)
+        return _graph_gflop(tf.function(loop.state.step).get_concrete_function(bt, bv).graph)
     finally:
         loop.model.share_edge_traces(os.environ.get("TFNAS_SHARED_EDGE_TRACES", "1") != "0",
                                      recompute=loop.config.recompute)

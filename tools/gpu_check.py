@@ -74,20 +74,20 @@ def _timed_search(cfg, strategy, tmp, steps, t_launch):
     replicas = strategy.num_replicas_in_sync
     loop = SearchLoop(cfg, os.path.join(tmp, "run_" + cfg.mixed_precision), strategy,
                       is_chief=False, log=lambda s: None)
-    train, valid = loop._datasets(0)
+    train, valid = loop.batches(0)
     bt, bv = next(iter(train)), next(iter(valid))
-    loss = float(loop._step_fn(bt, bv))
+    loss = float(loop.state._step_fn(bt, bv))
     first_step_s = time.time() - t_launch
     times = []
     for _ in range(steps):
         t0 = time.time()
-        loss = float(loop._step_fn(bt, bv))
+        loss = float(loop.state._step_fn(bt, bv))
         times.append(time.time() - t0)
     median = float(np.median(times)) if times else float("nan")
     spread = max(float(np.max(np.abs(np.asarray(r) - np.asarray(
         strategy.experimental_local_results(v)[0]))))
-        for v in loop.alphas for r in strategy.experimental_local_results(v))
-    scale = {"loss_scale": float(loop.loss_scale.scale.numpy())} if loop.loss_scale else {}
+        for v in loop.state.alphas for r in strategy.experimental_local_results(v))
+    scale = {"loss_scale": float(loop.state.loss_scale.scale.numpy())} if loop.state.loss_scale else {}
     return loop, {
         **scale, "seconds_since_launch_at_first_step": first_step_s, "median_step_s": median,
         "images_per_s": cfg.batch_size / median,

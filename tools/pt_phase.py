@@ -62,7 +62,7 @@ def run_tfnas(images, proj_intv, prune, seed=0):
     return {"impl": "tfnas", "images_per_split": images, "proj_intv": proj_intv,
             "prune_decided": prune, "total_s": end - t_launch, "build_s": built - t_launch,
             "events": len(event_s), "event_s": event_s, "kinds": kinds,
-            "retraces": loop.graphs.retraces, "genotype": str(sel.genotype().to_json()["cells"]),
+            "retraces": loop.state.graphs.retraces, "genotype": str(sel.genotype().to_json()["cells"]),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "threads": "TensorFlow default (all cores)"}
 

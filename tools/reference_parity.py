@@ -7,8 +7,8 @@ and `--reference_python`), twice: in float64 (the algorithm's numbers without ro
 speak of) and in float32 (what the authors' code computes on a GPU or CPU); arrays come back
 in `.npz` files. tfnas builds the same supernet, takes the reference's initial weights and
 alphas through a name/shape map (every variable mapped, none left over: checked) and
-computes the same quantities with its own product code (`SearchLoop.reduced_grads`,
-`SearchLoop._step_fn`, the selector of `tfnas select`):
+computes the same quantities with its own product code (`SearchLoop.state.reduced_grads`,
+`SearchLoop.state._step_fn`, the selector of `tfnas select`):
 
 - one train-mode forward on a fixed batch: logits, loss, the BN running statistics after
   it, eval-mode logits; d loss / d every weight and alpha;
@@ -152,7 +152,7 @@ def build_loop(cfg, ref, folder):
                           arch_update="first_order").validate()
     loop = SearchLoop(config, os.path.join(folder, "run"), tf.distribute.get_strategy(),
                       log=lambda s: None)
-    loop.w_opt.learning_rate.assign(config.lr)  # the reference's epoch-0 rate
+    loop.state.w_opt.learning_rate.assign(config.lr)  # the reference's epoch-0 rate
     return loop
 
 
@@ -211,10 +211,10 @@ class Mapped:
 
 
 def _reset_optimizers(loop):
-    for v in loop.w_opt.buffers + loop.a_opt.m + loop.a_opt.v:
+    for v in loop.state.w_opt.buffers + loop.state.a_opt.m + loop.state.a_opt.v:
         v.assign(np.zeros(v.shape, np.float32))
-    loop.w_opt.iterations.assign(0)
-    loop.a_opt.iterations.assign(0)
+    loop.state.w_opt.iterations.assign(0)
+    loop.state.a_opt.iterations.assign(0)
 
 
 def _error(ours, theirs, floor):
@@ -303,7 +303,7 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
             one("", loop.model(xt, training=False), "eval/logits"), FORWARD_TOL)
     # gradients of the same forward (the product's reduced_grads), from the initial state
     m.load(q)
-    grads = loop.reduced_grads((xt, yt), [m.pairs[k] for k in grad_keys]
+    grads = loop.state.reduced_grads((xt, yt), [m.pairs[k] for k in grad_keys]
                                + list(m.alphas.values()))
     by_key = dict(zip(grad_keys, grads))
     compare(rows, "d loss / d weights", cfg_name,
@@ -316,7 +316,7 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
     m.load(q)
     _reset_optimizers(loop)
     for n in range(1, steps + 1):
-        loop._step_fn((xt, yt), (xv, yv))
+        loop.state._step_fn((xt, yt), (xv, yv))
         pre = f"step{n}"
         compare(rows, f"step {n}: weights and BN stats", cfg_name,
                 tensors(pre, keys, lambda key: m.pairs[key].numpy()), STEP_TOL)
@@ -325,9 +325,9 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
                  for t, a in m.alphas.items()], STEP_TOL)
         compare(rows, f"step {n}: SGD momentum buffers", cfg_name,
                 tensors(f"{pre}/mom", [key for key in grad_keys if f"{pre}/mom/{key}" in r.files],
-                        lambda key: loop.w_opt.buffer(m.pairs[key]).numpy()), STEP_TOL)
+                        lambda key: loop.state.w_opt.buffer(m.pairs[key]).numpy()), STEP_TOL)
         compare(rows, f"step {n}: Adam moments", cfg_name,
-                [(f"{t} {s}", getattr(loop.a_opt, s)[i].numpy(),
+                [(f"{t} {s}", getattr(loop.state.a_opt, s)[i].numpy(),
                   *(run[f"{pre}/adam_{s}/alpha_{t}"] for run in (r, q, *k)))
                  for i, t in enumerate(m.alphas) for s in ("m", "v")], STEP_TOL)
 
@@ -406,10 +406,10 @@ def pt_decision(loop, folder, ctype, target, batch, kind="op"):
 
     def evaluate(batches=0, batch_stats=False):  # SearchLoop.evaluate on one given batch
         for name in ("valid_loss", "valid_acc"):
-            loop.metrics[name].reset_state()
-        loop._eval_fn(batch, training=bool(batch_stats))
-        return (float(loop.metrics["valid_loss"].result()),
-                float(loop.metrics["valid_acc"].result()))
+            loop.state.metrics[name].reset_state()
+        loop.state._eval_fn(batch, training=bool(batch_stats))
+        return (float(loop.state.metrics["valid_loss"].result()),
+                float(loop.state.metrics["valid_acc"].result()))
     loop.evaluate = evaluate
     return selector.decide(kind, ctype, target)
 

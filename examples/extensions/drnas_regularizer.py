@@ -11,7 +11,7 @@ Dirichlet in the weight step; that would be a perturbation, not part of this exa
 
 import tensorflow as tf
 
-from tfnas.search.components import ARCH_UPDATES, FirstOrder
+from tfnas.bilevel.updates import ARCH_UPDATES, FirstOrder
 
 WEIGHT = 1e-3
 PRIOR = 1.0
@@ -34,13 +34,13 @@ def dirichlet_kl(beta, prior, valid):
 class DirichletKL(FirstOrder):
     """First-order DARTS plus the Dirichlet KL on every cell type's alpha."""
 
-    def regulariser(self, loop):
+    def regulariser(self, state):
         return tf.add_n([dirichlet_kl(tf.nn.elu(a.alpha) + 1.0, PRIOR, a._valid)
-                         for a in loop.model.archs])
+                         for a in state.model.archs])
 
-    def step(self, loop, bt, bv):
-        grads = loop.reduced_grads(bv, loop.alphas, metrics="alpha")
+    def step(self, state, bt, bv):
+        grads = state.reduced_grads(bv, state.alphas, metrics="alpha")
         with tf.GradientTape() as tape:
-            reg = self.regulariser(loop)
-        extra = tape.gradient(reg, loop.alphas)
-        loop.apply_alpha_grads([g + WEIGHT * e for g, e in zip(grads, extra)])
+            reg = self.regulariser(state)
+        extra = tape.gradient(reg, state.alphas)
+        state.apply_alpha_grads([g + WEIGHT * e for g, e in zip(grads, extra)])

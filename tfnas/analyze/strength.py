@@ -9,7 +9,7 @@ import numpy as np
 from tfnas.analyze.common import _out_dir, _plt, _save_png, _writer, kendall_tau
 from tfnas.errors import ConfigError, WorkdirError
 from tfnas.io import append_jsonl, atomic_write_json, fmt_time, read_jsonl
-from tfnas.selection.pt import tune_supernet
+from tfnas.bilevel import tune_supernet
 from tfnas.selection.run import load_search
 
 def parse_edges(text, space):
@@ -100,7 +100,7 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
         arch.mask_op(e, k)
         pt_acc = loop.evaluate(score_batches, batch_stats=True)[1]
         loop.checkpointer.restore(search_state)  # scoring with batch stats moved BN stats
-        loop.reset_weight_optimizer()  # fresh SGD for the tuning, as `tfnas select`
+        loop.state.reset_weight_optimizer()  # fresh SGD for the tuning, as `tfnas select`
         arch.fix_edge(e, k)
         # every accuracy of a row is measured the same way as the PT score beside it
         disc_acc = loop.evaluate(score_batches, batch_stats=True)[1]

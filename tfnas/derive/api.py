@@ -9,10 +9,14 @@ state (they are changed in place: edges end up decided), `valid_ds` scores the o
 them.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnas.bilevel import ARCH_UPDATES, PERTURBATIONS, DatasetRunner, SearchState, tune_supernet
+from tfnas.config import SearchConfig
 from tfnas.derive.magnitude import magnitude_genotype
 from tfnas.derive.perturbation import (TOPOLOGY_RULES, decide_op, decide_topology,
                                        decision_events)
@@ -64,30 +68,50 @@ def keeping_bn_stats(model, fn):
     return call
 
 
-def make_tune(supernet, dataset, steps, lr=0.0025, momentum=0.9):
-    """A callable(event) that trains the supernet's weights (not its alphas) for `steps`
-    batches of `dataset` with SGD at the constant rate `lr` (the reference's tuning rate)."""
-    opt = keras.optimizers.SGD(lr, momentum=momentum)
-    weights = supernet.weight_variables
-    opt.build(weights)
+@dataclasses.dataclass
+class Tuning:
+    """How `select` tunes the supernet between decisions: as `tfnas select` does.
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = supernet(x, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                y, logits, from_logits=True))
-        opt.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        return loss
+    Attributes:
+        epochs: epochs after each decision (the reference's `proj_intv`; the space's
+            schedule gives the last decision its own count, `SearchSpace.tuning_epochs`).
+        steps: batches per epoch at most (0: one whole pass over the tuning dataset).
+        lr: the constant weight learning rate (the reference's tuning rate).
+        hyper: a `tfnas.config.SearchConfig` for the rest of the step (momentum, weight
+            decay, clip, the alpha optimizer, `arch_update`: "first_order" trains the alphas
+            of undecided edges as the reference does, "frozen" keeps them); None: defaults.
+    """
+
+    epochs: int = 5
+    steps: int = 0
+    lr: float = 0.0025
+    hyper: SearchConfig = None
+
+
+def make_tune(supernet, train, valid, tuning=None, log=None):
+    """A callable(event) that tunes `supernet` after decision event `event` as `tfnas
+    select` does (`tfnas.bilevel.tune_supernet`): per epoch one pass over `train` of the
+    search step, the alpha update on the next batches of `valid` (alphas of undecided edges
+    train; decided ones are fixed), then the weights with momentum SGD, coupled L2 and the
+    global clip, at the constant rate `tuning.lr`. A fresh weight and alpha optimizer (the
+    reference re-creates the weight optimizer and keeps the search's Adam, which a bare
+    supernet does not have)."""
+    tuning = tuning or Tuning()
+    hyper = tuning.hyper or SearchConfig()
+    state = SearchState(supernet, hyper, tf.distribute.get_strategy(),
+                        ARCH_UPDATES.get(hyper.arch_update)(),
+                        PERTURBATIONS.get(hyper.perturbation)())
+    runner = DatasetRunner(state, train, valid, tuning.steps)
+    space = supernet.space
+    schedule = space.tuning_epochs(len(decision_events(space, 0)), tuning.epochs)
 
     def tune(event):
-        for x, y in dataset.repeat().take(steps):
-            step(x, y)
+        tune_supernet(runner, schedule[event], tuning.lr, data_base=0,
+                      log=log or (lambda line: None))
     return tune
 
 
-def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_lr=0.0025,
-           crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None,
+def select(supernet, valid_data, selector="pt", tune=None, tuning=None, crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None,
            topology_rule="reference"):
     """Derives an architecture from a trained supernet by perturbation (paper Algorithm 1).
 
@@ -98,9 +122,9 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
         valid_data: a `tf.data.Dataset` of (images, labels) batches that scores each op.
         selector: a registered selector (`tfnas.derive.selectors`): "pt", "pt_mag"
             (decided by alpha, with the same tuning) or "magnitude".
-        tune: None (no tuning), a `tf.data.Dataset` of (images, labels) batches to train the
-            weights on for `tune_steps` batches after each decision event, or a callable
-            `tune(event_index)`.
+        tune: None (no tuning), a `tf.data.Dataset` of (images, labels) batches to tune
+            on after each decision event as `tfnas select` does (`make_tune`, with
+            `tuning`: a `Tuning`, None: the reference's), or a callable `tune(event_index)`.
         crit: "acc" (keep the op whose removal lowers accuracy most) or "loss".
         seed: the edge order (the reference draws it from its seed).
         bn_batch_stats: BN with batch statistics while scoring (the reference's default).
@@ -127,7 +151,7 @@ def select(supernet, valid_data, selector="pt", tune=None, tune_steps=100, tune_
     evaluate = make_evaluate(supernet, valid_data, bn_batch_stats)
     measure = keeping_bn_stats(supernet, evaluate) if bn_batch_stats else evaluate
     if isinstance(tune, tf.data.Dataset):
-        tune = make_tune(supernet, tune, tune_steps, tune_lr)
+        tune = make_tune(supernet, tune, valid_data, tuning, log)
     before, rows = {t: np.flatnonzero(archs[t].decided()).tolist() for t in space.cell_types}, []
     for i, (kind, targets) in enumerate(decision_events(space, seed)):
         for ctype, target in targets.items():

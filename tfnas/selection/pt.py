@@ -27,11 +27,12 @@ import os
 import time
 
 
+from tfnas.bilevel import tune_supernet
+from tfnas.bilevel.graphs import MODES as GRAPH_MODES
 from tfnas.checkpoint import Checkpointer
 from tfnas.config import ConfigError, _f, check_numbers
 from tfnas.interrupt import STOP
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
-from tfnas.search.graphs import MODES as GRAPH_MODES
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
 from tfnas.derive.api import keeping_bn_stats
 from tfnas.derive.perturbation import TOPOLOGY_RULES
@@ -107,64 +108,6 @@ class SelectConfig:
     to_json = lambda self: dataclasses.asdict(self)  # noqa: E731
 
 
-def tune_supernet(loop, epochs, lr, data_base, log=print, patience=0, writer=None,
-                  step_base=0, eval_kw=None, resume=None, on_stop=None):
-    """Fine-tunes a (partly discretised) supernet: alternating alpha/weight epochs at the
-    constant weight lr `lr`, perturbations at their tuning strength. The one tuning routine
-    of `tfnas select` (between decisions) and `tfnas analyze strength` (to convergence).
-
-    Args:
-        data_base: batch-order seed of the first epoch (epoch k uses data_base + k).
-        patience: 0 runs exactly `epochs`; otherwise evaluates after every epoch and stops
-            once validation accuracy has not improved for `patience` epochs (at most
-            `epochs`).
-        writer: optional tf.summary writer for tune/* scalars (step = step_base + epoch).
-        eval_kw: keyword arguments of `loop.evaluate` for the patience evaluations (e.g.
-            `{"batches": 20, "batch_stats": True}`, as PT scores are measured).
-        resume: {"tune_epoch", "step", "metrics"} of a tuning stopped by a stop request
-            (without patience): it continues there, on the same batches.
-        on_stop: `on_stop(partial)` saves such a state and returns where (see
-            `SearchLoop.train_epoch`); without it a stop request raises with nothing saved.
-    Returns:
-        (records, best validation accuracy or None when patience is 0).
-    """
-    records, best, stale = [], None, 0
-    if epochs and loop.graphs.refresh("step", epochs * loop.steps):  # decided edges
-        log(loop.graphs.describe("step"))
-    if epochs and patience and loop.graphs.refresh(
-            "eval", epochs * loop.eval_batches(**(eval_kw or {}))):
-        log(loop.graphs.describe("eval"))
-    first = int(resume["tune_epoch"]) if resume else 0
-    for k in range(first, epochs):
-        t0 = time.time()
-        if k > first and STOP.requested:  # between two tuning epochs
-            STOP.check(on_stop({"tune_epoch": k, "step": 0, "metrics": {}}) if on_stop else
-                       f"tuning stopped after epoch {k}; its state is not saved here")
-        stop = on_stop and (lambda p, k=k: on_stop(dict(p, tune_epoch=k)))
-        rec = loop.train_epoch(k, lr, data_epoch=data_base + k, tuning=True,
-                               resume=resume if k == first else None, on_stop=stop)
-        line = f"  tune {k + 1}/{epochs}: train loss {rec['train_loss']:.3f} " \
-               f"acc {rec['train_acc']:.3f}"
-        if patience:
-            rec["valid_loss"], rec["valid_acc"] = loop.evaluate(**(eval_kw or {}))
-            line += f" | valid acc {rec['valid_acc']:.3f}"
-            if best is None or rec["valid_acc"] > best:
-                best, stale = rec["valid_acc"], 0
-            else:
-                stale += 1
-        log(line + f"  {time.time() - t0:.1f}s")
-        records.append(rec)
-        if writer is not None:
-            import tensorflow as tf
-            with writer.as_default(step=step_base + k):
-                for key in ("train_loss", "train_acc", "valid_acc"):
-                    if key in rec:
-                        tf.summary.scalar(f"tune/{key}", rec[key])
-        if patience and stale >= patience:
-            break
-    return records, best
-
-
 class PerturbationSelector:
     """Runs a selector on a SearchLoop whose supernet holds the trained search state.
 
@@ -182,7 +125,7 @@ class PerturbationSelector:
         # are); not with synchronized BN, whose collectives would sit inside the conds
         skip = config.prune_decided != "never" and not loop.model.synchronized_bn() and \
             loop.space.skips_zero_ops
-        loop.graphs.set_mode(config.prune_decided, ("eval",) if skip else ())
+        loop.state.graphs.set_mode(config.prune_decided, ("eval",) if skip else ())
         self.space = loop.space
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.events = decision_events(self.space, self.seed)
@@ -211,7 +154,7 @@ class PerturbationSelector:
                        f"{len(self.events)} is saved in {self.checkpointer.folder}"
                        if self.restored_event >= 0 else
                        "no decision was saved yet (the selection starts again)")
-        fn = self.loop._eval_fn  # the object itself: an id could be reused by a new graph
+        fn = self.loop.state._eval_fn  # the object itself: an id could be reused by a new graph
         key = tuple(v.numpy().tobytes() for t in self.space.cell_types
                     for v in self.loop.model.arch(t).weights)
         last = self._last_score
@@ -229,9 +172,9 @@ class PerturbationSelector:
     def decide(self, kind, ctype, target):
         archs = {t: self.loop.model.arch(t) for t in self.space.cell_types}
         ops = max(len(o) for o in self.space.cells[ctype].ops)
-        if self.loop.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
+        if self.loop.state.graphs.refresh("eval", (ops + 2) * self.loop.eval_batches(
                 self.config.score_batches)):  # before + each candidate + after
-            self.log(self.loop.graphs.describe("eval"))
+            self.log(self.loop.state.graphs.describe("eval"))
         measure = self.score if not self.config.bn_batch_stats else \
             keeping_bn_stats(self.loop.model, self.score)  # the reference scores only
         return decide(archs, self.space, kind, ctype, target, self.score, self.config.crit,
@@ -264,7 +207,7 @@ class PerturbationSelector:
         self.restored_event = state["event"] if state else -1
         self._resume = (state or {}).get("partial")
         if state is None and get_selector(self.config.selector).decides:
-            self.loop.reset_weight_optimizer()  # fresh SGD for projection tuning (REFERENCE 4.2)
+            self.loop.state.reset_weight_optimizer()  # a fresh SGD (REFERENCE 4.2)
         truncate_jsonl(self.scores_path, "event", self.restored_event + 1)
         n = len(self.events)
         if self._resume:

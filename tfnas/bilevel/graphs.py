@@ -1,4 +1,4 @@
-"""The search loop's traced functions, and graphs specialised to the decided structure.
+"""The traced functions of a search state, and graphs specialised to the decided structure.
 
 Selection decides edges one by one: a decided edge keeps one op and a removed edge none, so
 most of the supernet's ops end up multiplied by a weight that is zero for good. A graph
@@ -35,15 +35,15 @@ OP_COST = {"none": 0.0, "skip_connect": 0.2, "max_pool_3x3": 0.5, "avg_pool_3x3"
 
 
 class LoopGraphs:
-    """Owns a SearchLoop's `_eval_fn`, `_step_fn` and `_steps_fn`.
+    """Owns a SearchState's `_eval_fn`, `_step_fn` and `_steps_fn`.
 
     Args:
-        loop: the SearchLoop (its `_eval_step`, `_step`, `_steps` are traced).
+        state: the SearchState (its `eval_step`, `step`, `steps` are traced).
         mode: "auto", "always" or "never" (see the module docstring).
     """
 
-    def __init__(self, loop, mode="auto"):
-        self.loop = loop
+    def __init__(self, state, mode="auto"):
+        self.state = state
         self.left_out, self.skip_at_run_time = {}, frozenset()
         self.set_mode(mode)
         self.retraces = {k: 0 for k in KINDS}
@@ -68,7 +68,7 @@ class LoopGraphs:
 
     # --- tracing -------------------------------------------------------------------------
     def _traced(self, fn, left_out, skip, **kwargs):
-        model = self.loop.model
+        model = self.state.model
 
         def body(*args, **kw):
             with model.leaving_out(left_out, skip):  # read while tracing only
@@ -76,20 +76,20 @@ class LoopGraphs:
         return tf.function(body, **kwargs)
 
     def _install(self, kind, left_out):
-        loop, skip = self.loop, kind in self.skip_at_run_time
+        state, skip = self.state, kind in self.skip_at_run_time
         if kind == "eval":
-            loop._eval_fn = self._traced(loop._eval_step, left_out, skip)
+            state._eval_fn = self._traced(state.eval_step, left_out, skip)
         else:
-            loop._step_fn = self._traced(loop._step, left_out, skip,
-                                         jit_compile=loop.config.jit_compile or None)
-            loop._steps_fn = self._traced(loop._steps, left_out, skip)
+            state._step_fn = self._traced(state.step, left_out, skip,
+                                         jit_compile=state.config.jit_compile or None)
+            state._steps_fn = self._traced(state.steps, left_out, skip)
         self.left_out[kind] = left_out
 
     # --- specialisation ------------------------------------------------------------------
     def cost(self, left_out):
         """Estimated work of a graph leaving out `left_out` (arbitrary units)."""
         total = 0.0
-        for cell, ctype, _ in self.loop.model.search_cells():
+        for cell, ctype, _ in self.state.model.search_cells():
             total += 1.0
             for e, edge in enumerate(cell.edges):
                 total += sum(OP_COST.get(name, 1.0) for k, name in enumerate(edge.op_names)
@@ -100,7 +100,7 @@ class LoopGraphs:
         """The ops the graph of `kind` for `calls_ahead` calls leaves out: none, or every
         zero op (auto: when the calls ahead, times the share of work saved against the
         graph that keeps them, exceed TRACE_CALLS calls of the smaller graph)."""
-        zero = self.loop.model.zero_ops()
+        zero = self.state.model.zero_ops()
         if self.mode == "never" or not zero:
             return frozenset()
         if self.mode == "auto":
@@ -115,7 +115,7 @@ class LoopGraphs:
         """Before a call: if `kind`'s graph leaves out an op whose weight may no longer be
         zero (an edge put back), installs the full graph."""
         cur = self.left_out[kind]
-        if cur and not cur <= self.loop.model.zero_ops():
+        if cur and not cur <= self.state.model.zero_ops():
             self._install(kind, frozenset())
 
     def refresh(self, kind, calls_ahead):
