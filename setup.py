@@ -40,6 +40,8 @@ setup(
         "numpy",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7"], "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"]},
+    # torch: only to read PyTorch checkpoints of the legacy (pre-1.6) format in `tfnas import`
+    extras_require={"test": ["pytest>=7"], "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+                    "torch": ["torch"]},
     entry_points={"console_scripts": ["tfnas=tfnas.cli:console_main"]},
 )

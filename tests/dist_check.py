@@ -16,7 +16,7 @@ from helpers import tiny_config  # noqa: E402
 from tfnas.search import SearchLoop  # noqa: E402
 
 tmp = tempfile.mkdtemp()
-cfg = tiny_config(tmp, sync_bn=True, epochs=1, steps_per_epoch=3, channels=4)
+cfg = tiny_config(tmp, bn="global", epochs=1, steps_per_epoch=3, channels=4)
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 loop_m = SearchLoop(cfg, tmp + "/m", mirrored, is_chief=False, log=lambda s: None)
 loop_1 = SearchLoop(cfg, tmp + "/1", tf.distribute.get_strategy(), is_chief=False,

@@ -87,7 +87,7 @@ def _start_workers(tmp_path, epochs, prefix, extra=()):
         args = [sys.executable, "-m", "tfnas.cli", "search", "--strategy=multi_worker",
                 f"--workdir={tmp_path / f'{prefix}{i}'}", f"--space={space}", "--channels=4",
                 "--layers=3", f"--epochs={epochs}", "--batch_size=32", "--steps_per_epoch=3",
-                "--limit_examples=300", "--seed=5", "--sync_bn"] + list(extra)
+                "--limit_examples=300", "--seed=5", "--bn=global"] + list(extra)
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
     return procs
@@ -116,7 +116,7 @@ def test_multi_worker_two_processes(tmp_path):
     args = [sys.executable, "-m", "tfnas.cli", "search", f"--workdir={one}",
             f"--space={tmp_path / 'tiny_space.json'}", "--channels=4", "--layers=3",
             "--epochs=2", "--batch_size=32", "--steps_per_epoch=3", "--limit_examples=300",
-            "--seed=5", "--sync_bn"]
+            "--seed=5", "--bn=global"]
     single = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env())
     assert single.returncode == 0, single.stderr[-3000:]
     last = [json.loads(open(d / "alphas.jsonl").read().splitlines()[-1])["softmax"]
@@ -335,7 +335,8 @@ from helpers import tiny_config
 from tfnas.search import SearchLoop
 tmp = tempfile.mkdtemp()
 st = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-loop = SearchLoop(tiny_config(tmp, batch_size=32), tmp + "/run", st, is_chief=False)
+loop = SearchLoop(tiny_config(tmp, batch_size=32, bn="replica"), tmp + "/run", st,
+                  is_chief=False)
 bt = next(iter(loop.batches(0)[0]))
 out = {}
 for shared in (False, True):

@@ -174,7 +174,7 @@ def test_a_mixed_op_multiplies_only_the_ops_without_a_bn():
 
 
 def test_synchronized_bn_folds_the_scale_too():
-    """The all-reduced BN (`--sync_bn`) takes the folded scale the same way as the kernel."""
+    """The all-reduced BN (`--bn=global` on several replicas) takes the folded scale the same way as the kernel."""
     from tfnas.ops.norm import OutputScale
 
     class OneReplica:  # all_reduce over one replica: the values themselves

@@ -197,6 +197,36 @@ def test_different_config_is_refused_unless_overwrite(tmp_path):
     assert '"lr": 0.01' in open(os.path.join(wd, "config.json")).read()
 
 
+def test_one_bn_rule_kept_by_the_run(tmp_path):
+    """--bn decides synchronized BN for the search and what loads it, only on several
+    replicas; a resume with another --bn is refused with nothing changed; an old run's
+    `sync_bn` reads as the rule it ran with."""
+    import json
+    from tfnas.config import SearchConfig
+    from tfnas.search.loop import _memory_and_bn
+    from tfnas.spaces import make_space
+    from tfnas.supernet import build_supernet
+    space = make_space("tiny_bn", "darts", ops=["max_pool_3x3", "sep_conv_3x3"], steps=2)
+    for bn, replicas, synced in (("global", 2, True), ("replica", 2, False),
+                                 ("global", 1, False)):
+        net = build_supernet(space, channels=4, layers=3, num_classes=3, input_shape=(8, 8, 1))
+        _memory_and_bn(net, SearchConfig(bn=bn), replicas)
+        assert net.synchronized_bn() == synced, (bn, replicas)
+    assert SearchConfig.from_json({"sync_bn": True}).bn == "global"
+    assert SearchConfig.from_json({"sync_bn": False}).bn == "replica"
+    cfg = tiny_config(str(tmp_path), epochs=1)
+    wd = str(tmp_path / "run")
+    run_search(cfg, wd, log=lambda s: None)
+    before = open(os.path.join(wd, "config.json")).read()
+    with pytest.raises(WorkdirError, match=r"different config \(bn: 'global' -> 'replica'\)"):
+        run_search(tiny_config(str(tmp_path), epochs=1, bn="replica"), wd, log=lambda s: None)
+    assert open(os.path.join(wd, "config.json")).read() == before
+    old = {k: v for k, v in json.loads(before).items() if k != "bn"}
+    with open(os.path.join(wd, "config.json"), "w") as f:  # as an earlier version wrote it
+        json.dump(dict(old, sync_bn=True), f)
+    run_search(cfg, wd, log=lambda s: None)  # the same rule: resumes (finished: no steps)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(str(tmp_path), epochs=3, grad_clip=0.0)
     monkeypatch.setattr(loop_module, "cosine_lr",

@@ -100,7 +100,7 @@ def build_parser():
     for add in (_add_search, _add_select, _add_report, _add_train):
         add(sub)
     add_analyze(sub, _bool, _add_strategy_flags)
-    for add in (_add_query, _add_listing):
+    for add in (_add_query, _add_listing, _add_import):
         add(sub)
     from tfnas.cli_deploy import add_parsers
     add_parsers(sub, _bool)
@@ -177,6 +177,34 @@ def _add_listing(sub):
                                          "flagfile names for --flagfile (from any folder).")
     listing.add_argument("what", choices=("zoo", "configs"))
     listing.set_defaults(handler=cmd_list)
+
+
+def _add_import(sub):
+    from tfnas.config import SearchConfig
+    imp = sub.add_parser("import", help="turn another code's search checkpoint into a run",
+                         description="Import a search checkpoint of the authors' PyTorch "
+                                     "DARTS-PT code (train_search.py's checkpoint_N.pth.tar) "
+                                     "as a tfnas run directory that `tfnas select`, "
+                                     "`analyze` and `report` take. No PyTorch needed. The "
+                                     "space, channels and cells come from the checkpoint; "
+                                     "--dataset names the data PT scores on.")
+    imp.add_argument("checkpoint", help="the PyTorch checkpoint file")
+    imp.add_argument("--from", dest="source", default="darts-pt", choices=("darts-pt",),
+                     help="the code that wrote it (default: darts-pt)")
+    _add_run_flags(imp)
+    add_config_flags(imp, SearchConfig)
+    imp.set_defaults(handler=cmd_import)
+
+
+def cmd_import(args):
+    from tfnas.config import SearchConfig
+    from tfnas.interop.importer import import_darts_pt
+    config = _config_from_args(args, SearchConfig)
+    check_folder(args.workdir, "--workdir")
+    with workdir_lock(args.workdir, "import"):
+        import_darts_pt(args.checkpoint, args.workdir, config, args.overwrite)
+    print(f"magnitude genotype: {os.path.join(args.workdir, 'genotype_magnitude.json')}")
+    return 0
 
 
 def cmd_list(args):

@@ -90,12 +90,14 @@ class SearchConfig:
     skip_zero_ops: bool = _f(False, "skip ops whose mixing weight is exactly zero (tf.cond per "
                                     "op: pays off once edges are decided; selection's scoring "
                                     "graph does it anyway)")
-    sync_bn: bool = _f(False, "batch statistics over the global batch under multi-replica "
-                              "strategies")
+    bn: str = _f("global", "BN statistics under several replicas, for search, selection and "
+                           "analysis alike (kept by the run): global (over the global batch: "
+                           "what one device computes) | replica (each replica's own share)",
+                 ("global", "replica"))
     recompute: bool = _f(False, "recompute each edge's activations in the backward pass "
                                 "instead of keeping them: about half the memory of a step, "
-                                "~25% slower steps (no effect with synchronized BN); a "
-                                "resume may switch it")
+                                "~25% slower steps (no effect with --bn=global on several "
+                                "replicas); a resume may switch it")
     mixed_op: str = _f("standard", "the registered edge layer of the supernet (standard: the "
                                    "DARTS weighted sum; extensions add others)")
     # optimisation
@@ -183,8 +185,18 @@ class SearchConfig:
     def to_json(self):
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def migrate(obj):
+        """A config.json of an earlier version in today's keys: `sync_bn` (true: global
+        statistics; false, the old default: each replica's own) became `bn`."""
+        obj = dict(obj)
+        if "sync_bn" in obj:
+            obj.setdefault("bn", "global" if obj.pop("sync_bn") else "replica")
+        return obj
+
     @classmethod
     def from_json(cls, obj):
+        obj = cls.migrate(obj)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(obj) - names
         if unknown:

@@ -119,7 +119,7 @@ def main():
     runs, loop = {}, None
     for i, precision in enumerate(a.precisions.split(",")):
         cfg = SearchConfig(dataset=f"npz:{data}", space="darts", channels=a.channels,
-                           layers=a.layers, batch_size=batch, epochs=1, sync_bn=True,
+                           layers=a.layers, batch_size=batch, epochs=1, bn="global",
                            mixed_precision=precision).validate()
         run_loop, runs[precision] = _timed_search(cfg, strategy, tmp, a.steps, t_launch)
         loop = loop or run_loop
@@ -134,7 +134,7 @@ def main():
     report = {
         "devices": devices, "replicas": replicas, "gpus_visible": len(gpus),
         "config": {"space": "darts", "channels": a.channels, "layers": a.layers,
-                   "global_batch": batch, "sync_bn": True, "arch_update": "first_order"},
+                   "global_batch": batch, "bn": "global", "arch_update": "first_order"},
         "runs": runs,
         "alphas_identical": all(r["alphas_identical"] for r in runs.values()),
         "loss_finite": all(r["loss_finite"] for r in runs.values()),

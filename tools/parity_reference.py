@@ -107,16 +107,23 @@ def pt_scores(model, space, edge, xv, yv):
     return np.asarray(accs), np.asarray(losses)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def supernet_parser(doc, channels, layers):
+    """The flags of a reference-side tool: where the reference is, the output, the supernet
+    (space, channels, cells), steps and seed."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--darts_pt", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--space", default="darts")
-    p.add_argument("--channels", type=int, default=8)
-    p.add_argument("--layers", type=int, default=5)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--channels", type=int, default=channels)
+    p.add_argument("--layers", type=int, default=layers)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None):
+    p = supernet_parser(__doc__, 8, 5)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--pt_edge", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="float64: the reference's numbers without its own float32 rounding "

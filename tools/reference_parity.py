@@ -39,6 +39,9 @@ import tempfile
 
 import numpy as np
 
+from tfnas.errors import UsageError
+from tfnas.interop.darts_pt import map_variables, to_tf
+
 CONFIGS = {
     "darts_c8_l5": dict(space="darts", channels=8, layers=5),
     "s1_c8_l5": dict(space="s1", channels=8, layers=5),
@@ -59,84 +62,6 @@ STEP_TOL = 1e-3
 # from float64 (logits 2.3e-6 DARTS, 3.0e-6 S1; docs/PARITY.md has the 1e-6 table too)
 KINK_PROBE = 3e-6
 KINK_DRAWS = 4     # noise draws: a kink that one direction misses, another finds
-BN_KEYS = {"running_mean": "moving_mean", "running_var": "moving_variance",
-           "weight": "gamma", "bias": "beta"}
-SEP = {"1": "depthwise_0", "2": "pointwise_0", "3": "bn_0", "5": "depthwise_1",
-       "6": "pointwise_1", "7": "bn_1"}
-
-
-# --- the name map ------------------------------------------------------------------------------
-def _outer_path(key):
-    """The tfnas path of a state_dict entry outside the cells (stem, head BN, classifier),
-    None for `num_batches_tracked` (tfnas's BN momentum is fixed: no counter)."""
-    p = key.split(".")
-    if p[-1] == "num_batches_tracked":
-        return None
-    if p[0] == "stem":
-        return "stem/conv" if p[1] == "0" else f"stem/bn/{BN_KEYS[p[2]]}"
-    if p[0] == "lastact":
-        return f"head_bn/{BN_KEYS[p[2]]}"
-    if p[0] == "classifier":
-        return f"classifier/{'kernel' if p[1] == 'weight' else 'bias'}"
-    raise KeyError(key)
-
-
-def darts_path(key, space, reduction):
-    """The tfnas supernet path (without the model's own name) of reference state_dict `key`
-    (`sota/cnn` DartsNetworkProj), or None for entries tfnas has no counterpart of."""
-    p = key.split(".")
-    if p[0] != "cells" or p[-1] == "num_batches_tracked":
-        return _outer_path(key)
-    cell = f"cell_{p[1]}"
-    if p[2].startswith("preprocess"):
-        pre = f"{cell}/pre{p[2][-1]}"
-        if p[3] == "op":  # ReLUConvBN: 0 relu, 1 conv, 2 bn
-            return f"{pre}/conv" if p[4] == "1" else f"{pre}/bn/{BN_KEYS[p[5]]}"
-        return f"{pre}/{p[3]}" if p[3].startswith("conv") else f"{pre}/bn/{BN_KEYS[p[4]]}"
-    edge, k, rest = int(p[3]), int(p[5]), p[6:]
-    ctype = "reduce" if reduction[int(p[1])] else "normal"
-    node, inp = space.cells[ctype].edges[edge]
-    op = space.cells[ctype].ops[edge][k]
-    base = f"{cell}/edge_{inp}_{node}/{op}"
-    if "pool" in op:  # Sequential(pool, BN)
-        return f"{base}/bn/{BN_KEYS[rest[1]]}"
-    if rest[0] in ("conv_1", "conv_2"):  # FactorizedReduce (skip_connect, stride 2)
-        return f"{base}/{rest[0]}"
-    if rest[0] == "bn":
-        return f"{base}/bn/{BN_KEYS[rest[1]]}"
-    layer = SEP[rest[1]]
-    return f"{base}/{layer}" if layer[0] != "b" else f"{base}/{layer}/{BN_KEYS[rest[2]]}"
-
-
-def nb201_path(key, space, layers):
-    """The tfnas path of reference state_dict `key` (nasbench201 TinyNetworkDartsProj with N
-    = `layers` search cells per stage), or None where tfnas has no counterpart."""
-    p = key.split(".")
-    if p[0] != "cells" or p[-1] == "num_batches_tracked":
-        return _outer_path(key)
-    i = int(p[1])  # N cells, a reduction block, N cells, a reduction block, N cells
-    stage, pos = divmod(i, layers + 1)
-    if pos == layers:  # the ResNet reduction block after stage `stage`
-        block = f"reduction_{stage + 1}"
-        if p[2] == "downsample":
-            return f"{block}/shortcut"
-        return f"{block}/{p[2]}/conv" if p[4] == "1" else f"{block}/{p[2]}/bn/{BN_KEYS[p[5]]}"
-    node, inp = (int(x) for x in p[3].split("<-"))
-    op = space.cells["cell"].ops[space.cells["cell"].edge_id(node, inp)][int(p[4])]
-    base = f"cell_{stage}_{pos}/edge_{inp}_{node}/{op}"
-    return f"{base}/conv" if p[6] == "1" else f"{base}/bn/{BN_KEYS[p[7]]}"
-
-
-def to_tf(path, value):
-    """A reference tensor in tfnas's layout."""
-    if value.ndim == 4:  # [out, in, kh, kw] -> [kh, kw, in, out]; depthwise [C, 1, kh, kw]
-        return value.transpose(2, 3, 0, 1) if "depthwise" in path else \
-            value.transpose(2, 3, 1, 0)
-    if value.ndim == 2:  # Linear [out, in] -> Dense [in, out]
-        return value.T
-    return value
-
-
 # --- tfnas side ---------------------------------------------------------------------------------
 def build_loop(cfg, ref, folder):
     """A SearchLoop of `cfg` on 32x32x3 images, 10 classes, the reference's batch size."""
@@ -162,32 +87,13 @@ class Mapped:
     def __init__(self, loop, ref, cfg):
         model, space = loop.model, loop.space
         self.prefix = model.name + "/"
-        by_path = {v.path[len(self.prefix):]: v for v in model.variables
-                   if v.path.startswith(self.prefix)}
-        if space.family == "nb201":
-            name_of = lambda key: nb201_path(key, space, cfg["layers"])  # noqa: E731
-        else:
-            reduction = [bool(r) for _, _, r in model.search_cells()]
-            name_of = lambda key: darts_path(key, space, reduction)  # noqa: E731
-        self.pairs, unmatched = {}, []
-        for key in sorted(k[5:] for k in ref.files if k.startswith("init/")):
-            if key.startswith("alpha_"):
-                continue
-            path = name_of(key)
-            if path is None:
-                continue
-            if path not in by_path:
-                unmatched.append(f"{key} -> {path}")
-                continue
-            want = tuple(by_path[path].shape)
-            got = to_tf(path, ref["init/" + key]).shape
-            if want != got:
-                unmatched.append(f"{key} -> {path}: shape {got} vs {want}")
-            self.pairs[key] = by_path[path]
-        left = sorted(set(by_path) - {v.path[len(self.prefix):] for v in self.pairs.values()})
-        if unmatched or left:
-            raise SystemExit("the name map does not cover both models:\n  " + "\n  ".join(
-                unmatched + [f"tfnas {p} unmatched" for p in left]))
+        keys = sorted(k[5:] for k in ref.files
+                      if k.startswith("init/") and not k.startswith("init/alpha_"))
+        try:
+            self.pairs = map_variables(model, space, keys,
+                                       {k: ref["init/" + k].shape for k in keys}, cfg["layers"])
+        except UsageError as e:
+            raise SystemExit(f"the name map does not cover both models: {e}")
         self.archs = {t: loop.model.arch(t) for t in space.cell_types}
         self.alphas = {t: a.alpha for t, a in self.archs.items()}
         arch_left = [v.path for v in model.variables if not v.path.startswith(self.prefix)

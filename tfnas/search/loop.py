@@ -33,12 +33,13 @@ from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
 
-def _memory_and_bn(model, config):
-    """--recompute (edges recompute their activations), then --sync_bn (which keeps per-edge
-    traces: a collective per BN)."""
+def _memory_and_bn(model, config, replicas):
+    """--recompute (edges recompute their activations), then --bn=global on several replicas
+    (synchronized BN, which keeps per-edge traces: a collective per BN). The same rule for
+    the search and everything that loads it (selection, analysis)."""
     if config.recompute:
         model.share_edge_traces(True, recompute=True)
-    if config.sync_bn:
+    if config.bn == "global" and replicas > 1:
         model.set_synchronized_bn(True)
 
 
@@ -95,7 +96,7 @@ class SearchLoop(EpochRunner):
                                             self.data.num_classes, self.data.input_shape,
                                             skip_zero=config.skip_zero_ops,
                                             mixed_op=config.mixed_op)
-            _memory_and_bn(self.model, config)
+            _memory_and_bn(self.model, config, self.replicas)
         self.state = SearchState(self.model, config, strategy, arch_update(), perturbation(),
                                  global_batch_size=config.batch_size)
         self.steps_per_execution = config.steps_per_execution

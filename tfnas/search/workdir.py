@@ -11,7 +11,8 @@ from tfnas.errors import WorkdirError
 from tfnas.io import append_jsonl, atomic_write_json, fmt_time, truncate_jsonl
 
 RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.jsonl", "tb",
-             "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json")
+             "genotype_magnitude.json", "sgas.jsonl", "selection", "genotype.json",
+             "import.json")
 
 
 # settings that do not change a run's results (recompute: only float rounding): a resume may
@@ -29,6 +30,7 @@ def prepare_workdir(workdir, config, overwrite, is_chief=True):
     if os.path.exists(cfg_path) and not overwrite:
         with open(cfg_path) as f:
             old = json.load(f)
+        old = getattr(type(config), "migrate", dict)(old)  # keys renamed since
         new = config.to_json()
         # keys added in later versions count as their defaults (an old run still resumes)
         defaults = type(config)().to_json()

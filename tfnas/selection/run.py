@@ -17,9 +17,9 @@ from tfnas.selection.pt import PerturbationSelector, SelectConfig
 
 
 def load_search(workdir, log=print, strategy=None):
-    """A SearchLoop holding the last checkpoint of the finished search in `workdir`. Under
-    several replicas, BN uses batch statistics over the global batch (synchronized), so PT
-    scores, and the decisions made from them, do not depend on the replica count.
+    """A SearchLoop holding the last checkpoint of the finished search in `workdir`. BN
+    follows the run's `--bn` (global, the default: statistics over the global batch, so PT
+    scores, and the decisions made from them, do not depend on the replica count).
 
     Raises:
         WorkdirError: no finished search there.
@@ -36,8 +36,6 @@ def load_search(workdir, log=print, strategy=None):
                       log=log)
     if loop.checkpointer.restore_latest() is None:
         raise WorkdirError(f"{workdir} has no search checkpoint to select from")
-    if loop.replicas > 1:
-        loop.model.set_synchronized_bn(True)  # before anything is traced
     return loop
 
 
