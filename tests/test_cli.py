@@ -101,3 +101,16 @@ def test_the_wheel_ships_the_zoo_and_the_flagfiles(tmp_path):
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
     assert {"tfnas/zoo/darts_v2.json", "tfnas/configs/quickstart.cfg",
             "tfnas/configs/paper/table2_darts_pt.cfg", "tfnas/resources.py"} <= names
+
+
+def test_help_lists_tfnas_flags_only(capsys):
+    """--helpfull shows the command's own flags, not absl's (--logtostderr, --pdb, ...); an
+    absl flag is not accepted either."""
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--helpfull"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--bn {global,replica}" in out and "--workdir" in out
+    assert "logtostderr" not in out and "--pdb" not in out and "undefok" not in out
+    assert main(["search", "--logtostderr", "--workdir=x"]) == 2
+    assert "unrecognized arguments: --logtostderr" in capsys.readouterr().err

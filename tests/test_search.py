@@ -227,6 +227,27 @@ def test_one_bn_rule_kept_by_the_run(tmp_path):
     run_search(cfg, wd, log=lambda s: None)  # the same rule: resumes (finished: no steps)
 
 
+def test_progress_lines_off_a_terminal(tmp_path, monkeypatch):
+    """Off a terminal (a cluster's log), a line per TFNAS_PROGRESS_SECONDS inside every
+    epoch and evaluation pass: step, images per second, loss, ETA (0: every step)."""
+    import re
+    monkeypatch.setenv("TFNAS_PROGRESS_SECONDS", "0")
+    lines = []
+    run_search(tiny_config(str(tmp_path), epochs=1, steps_per_epoch=4), str(tmp_path / "r"),
+               log=lines.append)
+    steps = [m.groups() for m in (re.fullmatch(
+        r"  epoch 1: step (\d)/4, ([\d.]+) img/s, loss ([\d.]+), ETA \d+m\d\ds", x)
+        for x in lines) if m]
+    assert [int(s) for s, _, _ in steps] == [1, 2, 3]  # the epoch's own line ends it
+    assert all(float(r) > 0 for _, r, _ in steps)
+    assert any(re.fullmatch(r"  eval: step 1/\d+, [\d.]+ img/s, ETA .*", x) for x in lines)
+    monkeypatch.setenv("TFNAS_PROGRESS_SECONDS", "3600")  # the default kind: none so soon
+    lines.clear()
+    run_search(tiny_config(str(tmp_path), epochs=1, steps_per_epoch=4), str(tmp_path / "s"),
+               log=lines.append)
+    assert not [x for x in lines if "step " in x]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(str(tmp_path), epochs=3, grad_clip=0.0)
     monkeypatch.setattr(loop_module, "cosine_lr",

@@ -30,7 +30,8 @@ class _Parser(argparse_flags.ArgumentParser):
     """Usage errors as one line and exit code 2 (no usage dump)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # --verb is not --verbosity, --epoch not --epochs
+        kwargs.setdefault("allow_abbrev", False)  # --epoch is not --epochs
+        kwargs.setdefault("inherited_absl_flags", None)  # absl's own flags stay out of help
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -8,15 +8,14 @@ analyze`, on either runner.
 """
 
 import math
-import sys
 import time
 
-import keras
 import tensorflow as tf
 
 from tfnas.checkpoint import metric_state, set_metric_state
 from tfnas.errors import TrainingError, UsageError
 from tfnas.interrupt import STOP
+from tfnas.progress import Progress
 
 
 class EpochRunner:
@@ -24,6 +23,10 @@ class EpochRunner:
     (steps per epoch) and `steps_per_execution`, and defines `batches`."""
 
     steps_per_execution = 1
+    batch_size = None  # images per step, for the progress lines (None: not known)
+
+    def log(self, line):
+        print(line, flush=True)
 
     def batches(self, epoch, data_epoch, tuning, skip):
         """The epoch's (training, validation) batches, from step `skip` on."""
@@ -67,10 +70,8 @@ class EpochRunner:
             set_metric_state(state.metrics, resume["metrics"])
         train, valid = self.batches(epoch, data_epoch, tuning, skip=done)
         it_t, it_v = iter(train), iter(valid)
-        bar = keras.utils.Progbar(self.steps, verbose=1 if sys.stdout.isatty() else 0,
-                                  unit_name="step")
-        if done:
-            bar.update(done)
+        bar = Progress(self.steps, f"{'tune epoch' if tuning else 'epoch'} {epoch + 1}",
+                       self.batch_size, self.log, start=done)
         state.graphs.check("step")
         while done < self.steps:
             n = min(self.steps_per_execution, self.steps - done)
@@ -80,7 +81,7 @@ class EpochRunner:
                     raise TrainingError(f"training loss became {loss} at epoch {epoch} step "
                                         f"{done + j}; {self.diverged_hint()}")
             done += len(losses)
-            bar.update(done, [("loss", losses[-1])])
+            bar.update(done, losses[-1])
             if done < self.steps and self._stop_agreed(STOP.requested):
                 partial = {"step": done, "metrics": metric_state(state.metrics)}
                 STOP.stop_in_epoch(on_stop and (lambda: on_stop(partial)), epoch, done)
@@ -100,8 +101,10 @@ class DatasetRunner(EpochRunner):
     state was built under (the datasets are distributed as they are: their batch is the
     global batch). No resume: `skip` is not supported."""
 
-    def __init__(self, state, train, valid, steps=0):
+    def __init__(self, state, train, valid, steps=0, log=None):
         self.state, self.train, self.valid = state, train, valid
+        if log is not None:
+            self.log = log
         n = _cardinality(train)
         self.steps = min(n, steps) if steps else n
         self._valid_it = None

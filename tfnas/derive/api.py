@@ -101,7 +101,7 @@ def make_tune(supernet, train, valid, tuning=None, log=None):
     state = SearchState(supernet, hyper, tf.distribute.get_strategy(),
                         ARCH_UPDATES.get(hyper.arch_update)(),
                         PERTURBATIONS.get(hyper.perturbation)())
-    runner = DatasetRunner(state, train, valid, tuning.steps)
+    runner = DatasetRunner(state, train, valid, tuning.steps, log=log or (lambda line: None))
     space = supernet.space
     schedule = space.tuning_epochs(len(decision_events(space, 0)), tuning.epochs)
 

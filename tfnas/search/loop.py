@@ -29,6 +29,7 @@ from tfnas.search.workdir import (alphas_digest, epoch_line, log_epoch, prepare_
 from tfnas.derive import magnitude_genotype
 from tfnas.distribute import any_worker_fn, broadcast_from_chief, distribute_input, num_workers
 from tfnas.interrupt import STOP
+from tfnas.progress import Progress
 from tfnas.spaces import get_space
 from tfnas.supernet import build_supernet
 from tfnas.supernet.mixed import MIXED_OPS
@@ -99,7 +100,7 @@ class SearchLoop(EpochRunner):
             _memory_and_bn(self.model, config, self.replicas)
         self.state = SearchState(self.model, config, strategy, arch_update(), perturbation(),
                                  global_batch_size=config.batch_size)
-        self.steps_per_execution = config.steps_per_execution
+        self.steps_per_execution, self.batch_size = config.steps_per_execution, config.batch_size
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), self.state_variables(),
             keep=config.keep_checkpoints)
@@ -158,9 +159,12 @@ class SearchLoop(EpochRunner):
             self.state.metrics[m].reset_state()
         x, y = self.data.x_train[self.valid_idx], self.data.y_train[self.valid_idx]
         self.state.graphs.check("eval")  # several workers: each decodes its share of a batch
-        for batch in self._distribute(functools.partial(self.pipeline.evaluation, x, y,
-                                                        batches=batches)):
+        progress = Progress(self.eval_batches(batches), "scoring" if batch_stats else "eval",
+                            self.config.batch_size, self.log, bar=False)
+        for i, batch in enumerate(self._distribute(functools.partial(
+                self.pipeline.evaluation, x, y, batches=batches))):
             self.state._eval_fn(batch, training=bool(batch_stats))
+            progress.update(i + 1)
         loss = float(self.state.metrics["valid_loss"].result())
         if not math.isfinite(loss):
             raise TrainingError(
