@@ -248,6 +248,51 @@ def test_progress_lines_off_a_terminal(tmp_path, monkeypatch):
     assert not [x for x in lines if "step " in x]
 
 
+def test_checkpoints_name_every_variable_and_refuse_a_mismatch(tmp_path):
+    """Search checkpoints key variables by path (optimizer slots by the path they serve)
+    with the tfnas version and config digest; restore goes by name (a reordered model gets
+    the right values), refuses unmatched names in one line, and still reads files written
+    before names (by position)."""
+    import json
+    from tfnas import __version__
+    from tfnas.checkpoint import Checkpointer
+    loop = SearchLoop(tiny_config(str(tmp_path)), str(tmp_path / "run"),
+                      tf.distribute.get_strategy(), log=lambda s: None)
+    loop.train_epoch(0, 0.025)
+    loop.checkpointer.save(0, {"epoch": 0})
+    path = loop.checkpointer.path(0)
+    with np.load(path) as f:
+        keys, meta = set(f.files), json.loads(f["__meta__"].tobytes().decode())
+    assert meta["format"] == 2 and meta["tfnas"] == __version__ and len(meta["config"]) == 12
+    conv = [k for k in keys if k.startswith("model/") and k.endswith("/sep_conv_3x3/pointwise_0")]
+    assert conv and "w_opt/momentum/" + conv[0][len("model/"):] in keys
+    assert {"a_opt/m/arch_normal/alpha", "w_opt/learning_rate", "a_opt/iterations"} <= keys
+    want = [v.numpy().copy() for v in loop.model.variables]
+    named = loop.state.named_variables()
+    reordered = dict(named, model=dict(reversed(list(named["model"].items()))))
+    for v in loop.model.variables:
+        v.assign(tf.zeros_like(v))
+    Checkpointer(loop.checkpointer.folder, reordered).restore(path)
+    for v, w in zip(loop.model.variables, want):
+        np.testing.assert_array_equal(v.numpy(), w)
+    fewer = dict(named, model=dict(list(named["model"].items())[1:]))
+    with pytest.raises(CheckpointError, match=r"holds 1 the model does not have \(e\.g\. model/"):
+        Checkpointer(loop.checkpointer.folder, fewer).restore(path)
+    renamed = dict(named, w_opt={("x" + k): v for k, v in named["w_opt"].items()})
+    with pytest.raises(CheckpointError, match=r"lacks \d+ variable\(s\) the model has"):
+        Checkpointer(loop.checkpointer.folder, renamed).restore(path)
+    # a file of the first format: positional keys, no meta
+    old = str(tmp_path / "old.npz")
+    arrays = {f"{g}/{i:05d}": np.asarray(v.numpy()) for g, vs in named.items()
+              for i, v in enumerate(vs.values())}
+    np.savez(old, __state__=np.frombuffer(b'{"epoch": 0}', np.uint8), **arrays)
+    for v in loop.model.variables:
+        v.assign(tf.zeros_like(v))
+    assert Checkpointer(loop.checkpointer.folder, named).restore(old) == {"epoch": 0}
+    for v, w in zip(loop.model.variables, want):
+        np.testing.assert_array_equal(v.numpy(), w)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(str(tmp_path), epochs=3, grad_clip=0.0)
     monkeypatch.setattr(loop_module, "cosine_lr",

@@ -1,9 +1,15 @@
 """Complete, atomic checkpoints of a supernet, its optimizers and the loop state.
 
 A checkpoint is one `.npz` file: every model variable (weights, alphas, selection state,
-BN statistics, RNG states), every optimizer variable and a JSON `state` blob (epoch, ...).
-Variables are matched by position and shape on restore, and every one must be present, so
-nothing is silently dropped (the `tf.train.Checkpoint` trap of TF_NOTES 3).
+BN statistics, RNG states), every optimizer variable, a JSON `state` blob (epoch, ...) and
+a `meta` blob (format, tfnas version, what the owner adds, e.g. a config digest). A group
+given as a dict names its variables (`model/cell_0/edge_0_2/sep_conv_3x3/depthwise_0`,
+`w_opt/momentum/<that path>`): restore matches them by name and refuses, in one line, a
+file where any saved or expected name is unmatched or a shape differs, so a code change
+that reorders variables cannot restore wrong values. A group given as a list, and the
+groups of files written before names (format 1), match by position and shape. Every
+variable must be present either way: nothing is silently dropped (the `tf.train.Checkpoint`
+trap of TF_NOTES 3).
 
 Besides the numbered checkpoints, `partial.npz` holds the state in the middle of a unit of
 work (an epoch, a selection's tuning) when a run was stopped by SIGTERM or SIGINT
@@ -38,13 +44,19 @@ def set_metric_state(metrics, state):
             v.assign(value)
 
 
-def _entries(groups):
-    """[(key, variable)] for {group: [variables]}, keys unique and stable."""
+FORMAT = 2
+
+
+def _entries(groups, positional=()):
+    """[(key, variable)] for {group: {name: variable} or [variables]}: named groups by name,
+    lists (and the groups in `positional`: a format-1 file) by position."""
     out = []
     for group, variables in groups.items():
-        for i, v in enumerate(variables):
-            # By position: Keras puts per-instance names ("supernet_2") into variable paths.
-            out.append((f"{group}/{i:05d}", v))
+        if isinstance(variables, dict) and group not in positional:
+            out.extend((f"{group}/{name}", v) for name, v in variables.items())
+        else:
+            values = variables.values() if isinstance(variables, dict) else variables
+            out.extend((f"{group}/{i:05d}", v) for i, v in enumerate(values))
     return out
 
 
@@ -57,8 +69,9 @@ class Checkpointer:
         keep: how many recent checkpoints to keep.
     """
 
-    def __init__(self, folder, groups, keep=2):
+    def __init__(self, folder, groups, keep=2, meta=None):
         self.folder, self.groups, self.keep = folder, groups, int(keep)
+        self.meta = dict(meta or {})
         if os.path.isdir(folder):
             remove_stale_temps(folder)  # what a kill during an earlier save left behind
 
@@ -109,6 +122,9 @@ class Checkpointer:
                 f"the learning rate or check the data")
         os.makedirs(self.folder, exist_ok=True)
         arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+        from tfnas import __version__
+        meta = dict(self.meta, format=FORMAT, tfnas=__version__)
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX + "ckpt-",
                                    suffix=".npz")
         try:
@@ -134,18 +150,15 @@ class Checkpointer:
             with np.load(path) as f:
                 arrays = {k: f[k] for k in f.files}
             state = json.loads(arrays.pop("__state__").tobytes().decode())
+            meta = json.loads(arrays.pop("__meta__").tobytes().decode()) \
+                if "__meta__" in arrays else {"format": 1}
         except Exception as e:
             raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                                   f"delete it to resume from an earlier one, or pass "
                                   f"--overwrite") from e
-        entries = _entries(self.groups)
-        for key, v in entries:  # check everything before assigning anything
-            if key not in arrays:
-                raise CheckpointError(f"checkpoint {path} lacks variable {key}; it was written "
-                                      f"by a different model or config")
-            if tuple(arrays[key].shape) != tuple(v.shape):
-                raise CheckpointError(f"checkpoint {path}: {key} has shape "
-                                      f"{arrays[key].shape}, the model has {tuple(v.shape)}")
+        entries = _entries(self.groups, positional=self.groups if meta.get("format", 1) < 2
+                           else ())
+        _check(path, entries, arrays, meta)  # everything before assigning anything
         for key, v in entries:
             v.assign(arrays[key])
         return state
@@ -172,3 +185,27 @@ class Checkpointer:
                 return self.restore(partial)
             os.unlink(partial)  # a kill between a numbered save and the removal
         return self.restore(found[-1][1]) if found else None
+
+
+def _check(path, entries, arrays, meta):
+    """CheckpointError (one line) unless `arrays` holds exactly the `entries`' keys of the
+    groups they belong to, in their shapes."""
+    if meta.get("format", 1) > FORMAT:
+        raise CheckpointError(f"checkpoint {path} was written by tfnas {meta.get('tfnas')} in a "
+                              f"newer format; use that version or --overwrite")
+    expected = dict(entries)
+    groups = {k.split("/", 1)[0] for k in expected}
+    missing = [k for k in expected if k not in arrays]
+    extra = [k for k in arrays if k.split("/", 1)[0] in groups and k not in expected]
+    if missing or extra:
+        what = (f"lacks {len(missing)} variable(s) the model has (e.g. {missing[0]})"
+                if missing else "")
+        what += ("; " if missing and extra else "") + (
+            f"holds {len(extra)} the model does not have (e.g. {extra[0]})" if extra else "")
+        raise CheckpointError(f"checkpoint {path} {what}; it was written by a different model, "
+                              f"config or tfnas version ({meta.get('tfnas', 'before 0.1.0')})")
+    for key, v in entries:
+        if tuple(arrays[key].shape) != tuple(v.shape):
+            raise CheckpointError(f"checkpoint {path}: {key} has shape {arrays[key].shape}, "
+                                  f"the model has {tuple(v.shape)}")
+

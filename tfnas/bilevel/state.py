@@ -64,6 +64,26 @@ class SearchState:
                  list(self.perturbation.variables)}
         return dict(state, loss_scale=self.loss_scale.variables) if self.loss_scale else state
 
+    def named_variables(self):
+        """`variables()` with a stable name for each ({group: {name: variable}}): the model's
+        by their path below the model, optimizer slots by the path of the variable they
+        serve, method state by component; what checkpoints match on."""
+        model = _model_names(self.model)
+        key = {id(v): name for name, v in model.items()}
+        w_opt = {"learning_rate": self.w_opt.learning_rate, "iterations": self.w_opt.iterations,
+                 **{f"momentum/{key[id(w)]}": b for w, b in zip(self.weights,
+                                                                 self.w_opt.buffers)}}
+        a_opt = {"iterations": self.a_opt.iterations}
+        for a, m, v in zip(self.alphas, self.a_opt.m, self.a_opt.v):
+            a_opt[f"m/{key[id(a)]}"], a_opt[f"v/{key[id(a)]}"] = m, v
+        methods = {f"{type(c).__name__}/{i}": v for c in (self.arch_update, self.perturbation)
+                   for i, v in enumerate(c.variables)}
+        state = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "methods": methods}
+        if self.loss_scale:
+            state["loss_scale"] = {"scale": self.loss_scale.scale,
+                                   "good_steps": self.loss_scale.good_steps}
+        return state
+
     # --- pieces of the step (inside the traced function) ---------------------------------
     def _loss(self, x, y, training=True, probs=None, metrics=None):
         logits = self.model(x, training=training, probs=probs)
@@ -151,3 +171,17 @@ class SearchState:
         for buf in self.w_opt.buffers:
             buf.assign(tf.zeros_like(buf))
         self.w_opt.iterations.assign(0)
+
+
+def _model_names(model):
+    """{name: variable} of `model.variables`: the path without the model's own name (Keras
+    numbers instances: "supernet_2"), unique (a repeated path gets "#k")."""
+    out, prefix = {}, model.name + "/"
+    for v in model.variables:
+        name = v.path[len(prefix):] if v.path.startswith(prefix) else v.path
+        k, base = 1, name
+        while name in out:
+            name, k = f"{base}#{k}", k + 1
+        out[name] = v
+    return out
+

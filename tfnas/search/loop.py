@@ -24,8 +24,8 @@ from tfnas.errors import TrainingError, WorkdirError
 from tfnas.grappler import apply_settings
 from tfnas.io import check_folder, remove_stale_temps
 from tfnas.search.components import ARCH_UPDATES, PERTURBATIONS
-from tfnas.search.workdir import (alphas_digest, epoch_line, log_epoch, prepare_workdir,
-                                  truncate_logs, write_env)
+from tfnas.search.workdir import (alphas_digest, config_digest, epoch_line, log_epoch,
+                                  prepare_workdir, truncate_logs, write_env)
 from tfnas.derive import magnitude_genotype
 from tfnas.distribute import any_worker_fn, broadcast_from_chief, distribute_input, num_workers
 from tfnas.interrupt import STOP
@@ -102,8 +102,8 @@ class SearchLoop(EpochRunner):
                                  global_batch_size=config.batch_size)
         self.steps_per_execution, self.batch_size = config.steps_per_execution, config.batch_size
         self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), self.state_variables(),
-            keep=config.keep_checkpoints)
+            os.path.join(workdir, "checkpoints"), self.state.named_variables(),
+            keep=config.keep_checkpoints, meta={"config": config_digest(config)})
         self.benchmark = None
         if config.benchmark_table:
             from tfnas.benchmarks import open_benchmark

@@ -73,6 +73,14 @@ def write_env(loop, resumed_from):
     atomic_write_json(os.path.join(loop.workdir, "env.json"), env)
 
 
+def config_digest(config):
+    """Short hash of a config's result-relevant fields (NEUTRAL_KEYS left out): recorded in
+    each checkpoint, so a file can be matched with the run that wrote it."""
+    import hashlib
+    fields = {k: v for k, v in config.to_json().items() if k not in NEUTRAL_KEYS}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def alphas_digest(softmaxed):
     """Short hash of the softmaxed alphas (rounded to 1e-6), to compare runs and replicas."""
     import hashlib

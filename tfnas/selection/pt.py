@@ -139,7 +139,7 @@ class PerturbationSelector:
         self._resume = None  # a partial tuning state to continue (from `restore`)
         self._t_start, self._first = time.time(), 0
         self.checkpointer = Checkpointer(os.path.join(folder, "checkpoints"),
-                                         loop.state_variables(), keep=2)
+                                         loop.state.named_variables(), keep=2)
         self.scores_path = os.path.join(folder, "scores.jsonl")
 
     # --- scoring ---------------------------------------------------------------------------
