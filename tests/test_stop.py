@@ -98,6 +98,41 @@ def test_search_stops_at_a_step_and_resumes_to_the_uninterrupted_result(
     assert not os.path.exists(wd / "checkpoints" / "partial.npz")  # superseded
 
 
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing after it runs, nothing is saved on the way out."""
+
+
+@pytest.mark.parametrize("at,partial", [(7, True), (5, False)])
+def test_a_kill_resumes_from_the_last_periodic_save(tmp_path, capfd, monkeypatch,
+                                                    uninterrupted, at, partial):
+    """--ckpt_every_steps=2: a run killed at epoch 2 step 3 resumes from its save after step
+    2 (at step 1: from epoch 1's checkpoint) and ends with the uninterrupted alphas, every
+    epoch logged once."""
+    from tfnas.search.loop import SearchLoop
+    full, digest = uninterrupted
+    wd = tmp_path / "run"
+    calls, real = [0], SearchLoop._run_steps
+
+    def killed_after(self, *a, **k):
+        out = real(self, *a, **k)
+        calls[0] += 1
+        if calls[0] == at:
+            raise _Killed()
+        return out
+    monkeypatch.setattr(SearchLoop, "_run_steps", killed_after)
+    with pytest.raises(_Killed):
+        main(_search_args(str(tmp_path), str(wd), ckpt_every_steps=2))
+    assert os.path.exists(wd / "checkpoints" / "partial.npz") == partial
+    monkeypatch.undo()
+    assert main(_search_args(str(tmp_path), str(wd), ckpt_every_steps=2)) == 0
+    out = capfd.readouterr().out
+    assert _digest(out) == digest
+    assert (f"resuming {wd} in epoch 2 after step 2" in out) == partial
+    for name_ in ("metrics.jsonl", "alphas.jsonl"):
+        assert _rows(wd / name_) == _rows(full / name_)
+
+
+
 def test_selection_stops_in_its_tuning_and_resumes_to_the_same_genotype(
         searched, tmp_path, capfd, monkeypatch):
     import shutil
@@ -120,6 +155,39 @@ def test_selection_stops_in_its_tuning_and_resumes_to_the_same_genotype(
     out = capfd.readouterr().out
     assert out.count("resuming selection") == 1
     assert "resuming selection in the tuning after decision 1/6 (epoch 2, step 3)" in out
+    ga, gb = (json.loads((w / "genotype.json").read_text()) for w in (a, b))
+    assert ga["cells"] == gb["cells"]
+    assert _rows(a / "selection" / "scores.jsonl") == _rows(b / "selection" / "scores.jsonl")
+
+
+def test_selection_killed_in_its_tuning_resumes_from_its_periodic_save(
+        searched, tmp_path, capfd, monkeypatch):
+    """`tfnas select --ckpt_every_steps=2`: killed at the 3rd step of event 1's 2nd tuning
+    epoch, the rerun continues from its save after step 2 and ends with the genotype and
+    scores of a run never killed (a changed --ckpt_every_steps is not a changed config)."""
+    import shutil
+    from tfnas.search.loop import SearchLoop
+    args = ["--tune_epochs_per_decision=2", "--score_batches=2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(searched, a)
+    shutil.copytree(searched, b)
+    assert main(["select", f"--workdir={a}"] + args) == 0
+    calls, real = [0], SearchLoop._run_steps
+
+    def killed_after(self, *x, **k):
+        out = real(self, *x, **k)
+        calls[0] += 1
+        if calls[0] == 7:
+            raise _Killed()
+        return out
+    monkeypatch.setattr(SearchLoop, "_run_steps", killed_after)
+    with pytest.raises(_Killed):
+        main(["select", f"--workdir={b}", "--ckpt_every_steps=2"] + args)
+    monkeypatch.undo()
+    capfd.readouterr()
+    assert main(["select", f"--workdir={b}", "--ckpt_every_steps=3"] + args) == 0
+    out = capfd.readouterr().out
+    assert "resuming selection in the tuning after decision 1/6 (epoch 2, step 2)" in out
     ga, gb = (json.loads((w / "genotype.json").read_text()) for w in (a, b))
     assert ga["cells"] == gb["cells"]
     assert _rows(a / "selection" / "scores.jsonl") == _rows(b / "selection" / "scores.jsonl")

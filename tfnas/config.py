@@ -133,6 +133,9 @@ class SearchConfig:
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0: a full pass over the weight split)")
     eval_every: int = _f(1, "evaluate on the alpha split every N epochs")
     ckpt_every: int = _f(1, "checkpoint every N epochs")
+    ckpt_every_steps: int = _f(0, "also save the state every N steps inside an epoch "
+                                  "(partial.npz: a preempted run resumes there, on the same "
+                                  "batches; 0: only at epoch ends and on SIGTERM)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     jit_compile: bool = _f(False, "XLA-compile the step (slower on CPU; try on GPU)")
     mixed_precision: str = _f("float32", "float32, mixed_bfloat16 or mixed_float16: ops in 16 "
@@ -152,7 +155,7 @@ class SearchConfig:
         for name in ("epochs", "batch_size", "channels", "layers", "eval_every", "ckpt_every",
                      "keep_checkpoints", "cutout_length", "steps_per_execution"):
             need(getattr(self, name) > 0, name, "a positive integer")
-        for name in ("limit_examples", "steps_per_epoch"):
+        for name in ("limit_examples", "steps_per_epoch", "ckpt_every_steps"):
             need(getattr(self, name) >= 0, name, "0 or a positive integer")
         need(0.0 < self.train_portion < 1.0, "train_portion", "a number in (0, 1)")
         for name in ("lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",

@@ -24,6 +24,7 @@ class EpochRunner:
 
     steps_per_execution = 1
     batch_size = None  # images per step, for the progress lines (None: not known)
+    ckpt_every_steps = 0  # save through `on_stop`'s saver every N steps too (0: never)
 
     def log(self, line):
         print(line, flush=True)
@@ -57,7 +58,8 @@ class EpochRunner:
         continues an epoch stopped after that step, on the batches it would have seen. On a
         stop request (SIGTERM / SIGINT, `tfnas.interrupt`) between two steps of the epoch,
         `on_stop({"step", "metrics"})` saves the state and returns where, and `Interrupted`
-        is raised; a request during the last step is left to the caller.
+        is raised; a request during the last step is left to the caller. With
+        `ckpt_every_steps`, `on_stop` also saves every that many steps (the run goes on).
         """
         state = self.state
         state.w_opt.learning_rate.assign(lr)
@@ -85,6 +87,10 @@ class EpochRunner:
             if done < self.steps and self._stop_agreed(STOP.requested):
                 partial = {"step": done, "metrics": metric_state(state.metrics)}
                 STOP.stop_in_epoch(on_stop and (lambda: on_stop(partial)), epoch, done)
+            every = self.ckpt_every_steps
+            if on_stop and every and done < self.steps and \
+                    done // every > (done - len(losses)) // every:  # a multiple was crossed
+                on_stop({"step": done, "metrics": metric_state(state.metrics)})
         record = {"epoch": epoch, "lr": lr,
                   "train_loss": float(state.metrics["train_loss"].result()),
                   "train_acc": float(state.metrics["train_acc"].result())}

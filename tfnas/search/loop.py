@@ -101,6 +101,7 @@ class SearchLoop(EpochRunner):
         self.state = SearchState(self.model, config, strategy, arch_update(), perturbation(),
                                  global_batch_size=config.batch_size)
         self.steps_per_execution, self.batch_size = config.steps_per_execution, config.batch_size
+        self.ckpt_every_steps = config.ckpt_every_steps
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), self.state.named_variables(),
             keep=config.keep_checkpoints, meta={"config": config_digest(config)})

@@ -17,7 +17,7 @@ RUN_FILES = ("config.json", "env.json", "checkpoints", "alphas.jsonl", "metrics.
 
 # settings that do not change a run's results (recompute: only float rounding): a resume may
 # change them, e.g. add --recompute to a run that ran out of memory
-NEUTRAL_KEYS = ("steps_per_execution", "recompute")
+NEUTRAL_KEYS = ("steps_per_execution", "recompute", "ckpt_every_steps")
 
 
 def prepare_workdir(workdir, config, overwrite, is_chief=True):

@@ -46,6 +46,9 @@ class SelectConfig:
                           "loss (raises it most)", ("acc", "loss"))
     tune_epochs_per_decision: int = _f(5, "supernet tuning epochs between decisions")
     tune_lr: float = _f(0.0025, "constant weight learning rate while tuning (reference)")
+    ckpt_every_steps: int = _f(0, "also save the tuning's state every N steps (a preempted "
+                                  "selection resumes there; 0: after each decision event and "
+                                  "on SIGTERM)")
     score_batches: int = _f(0, "score on the first N batches of the alpha split (0: all)")
     bn_batch_stats: bool = _f(True, "BN uses batch statistics while scoring (reference)")
     seed: int = _f(-1, "seed of the edge order (-1: the search's seed)")
@@ -81,9 +84,10 @@ class SelectConfig:
                               f"{', '.join(SELECTORS.names())}")
         if self.crit not in ("acc", "loss"):
             raise ConfigError(f"--crit={self.crit!r} is invalid: expected acc or loss")
-        if self.tune_epochs_per_decision < 0 or self.score_batches < 0 or self.tune_lr < 0:
-            raise ConfigError("--tune_epochs_per_decision, --score_batches and --tune_lr must "
-                              "be non-negative")
+        if min(self.tune_epochs_per_decision, self.score_batches, self.tune_lr,
+               self.ckpt_every_steps) < 0:
+            raise ConfigError("--tune_epochs_per_decision, --score_batches, --tune_lr and "
+                              "--ckpt_every_steps must be non-negative")
         budgets = [f"--max_{k}" for k, v in (("params", self.max_params), ("macs", self.max_macs),
                                              ("latency_ms", self.max_latency_ms)) if v]
         if min(self.max_params, self.max_macs, self.max_latency_ms, self.final_channels,
@@ -119,6 +123,7 @@ class PerturbationSelector:
 
     def __init__(self, loop, config, folder, log=print, budget=None):
         self.loop, self.config, self.folder, self.log = loop, config, folder, log
+        loop.ckpt_every_steps = config.ckpt_every_steps  # the tuning's, not the search's
         self.budget = budget
         # scoring skips masked and decided ops at run time (one trace for every decision)
         # where the reference does (DARTS family: a skipped op's BN statistics stay as they

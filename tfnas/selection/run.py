@@ -52,7 +52,8 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     sel_cfg = os.path.join(folder, "config.json")
     if os.path.exists(sel_cfg) and not overwrite:
         with open(sel_cfg) as f:  # fields added since it was written take their defaults
-            if {**SelectConfig().to_json(), **json.load(f)} != config.to_json():
+            old = {**SelectConfig().to_json(), **json.load(f)}
+            if _results_part(old) != _results_part(config.to_json()):
                 raise WorkdirError(f"{folder} holds a selection with a different config; pass "
                                    f"--overwrite to start it again")
     if overwrite:
@@ -115,3 +116,10 @@ def _latency_table(loop, config, folder, net, log):
     table = latency_table(loop.space, net, log=log)
     atomic_write_json(path, table)
     return table
+
+
+def _results_part(cfg):
+    """A selection config without the settings that cannot change its result (a resume may
+    change them)."""
+    return {k: v for k, v in cfg.items() if k != "ckpt_every_steps"}
+
