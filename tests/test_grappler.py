@@ -88,3 +88,19 @@ def test_the_search_passes_off_leave_the_numbers_unchanged(tmp_path):
     off = _search(str(tmp_path / "off"))
     assert off["grappler"]["passes_off"] == list(SEARCH_PASSES_OFF) + ["tfg"]
     assert off["loss"] == kept["loss"] and off["alphas"] == kept["alphas"]
+
+
+def test_a_visible_gpu_keeps_tensorflows_defaults():
+    """The settings were measured on CPUs: where TensorFlow sees a GPU, apply_settings
+    changes nothing (a fresh process whose device listing reports one)."""
+    code = ("import tensorflow as tf\n"
+            "real = tf.config.list_physical_devices\n"
+            "tf.config.list_physical_devices = lambda kind=None: (['GPU:0'] if kind == 'GPU' "
+            "else real(kind))\n"
+            "from tfnas import grappler\n"
+            "print(grappler.apply_settings(search=True), grappler.settings_in_force())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == (
+        "{} {'memory_optimizer': 'default', 'meta_optimizer_iterations': 2, 'passes_off': []}")

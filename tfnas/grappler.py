@@ -25,6 +25,10 @@ dependency optimizer (control edges, 4.5 s) stay on: with both off, a search run
 `--steps_per_execution=3` (steps inside a loop) no longer matched one step per call to the
 bit, and keeping either restored it. `tfnas train` keeps every pass.
 
+Only on CPUs, where they were measured: when TensorFlow sees a GPU, nothing is changed
+(TensorFlow's defaults: its layout optimizer, for one, converts to NCHW for cuDNN) until a
+GPU measurement says otherwise (`tools/gpu_check.py` reports the settings in force).
+
 Measurements: docs/PERFORMANCE.md. This wraps a private property of TensorFlow's context
 (`tensorflow.python.eager.context.Context.config`): when that is not there (another
 TensorFlow), it changes nothing and `apply_settings()` returns an empty dict.
@@ -58,6 +62,8 @@ def apply_settings(search=False):
     value}."""
     if _APPLIED and (not search or _APPLIED.get("search")):
         return dict(_APPLIED["settings"])
+    if gpu_visible():  # measured on CPUs only: GPUs keep TensorFlow's defaults
+        return {}
     try:
         from tensorflow.python.eager import context
         prop = context.Context.__dict__["config"]
@@ -79,6 +85,15 @@ def apply_settings(search=False):
     context.Context.config = property(config, prop.fset, prop.fdel, prop.__doc__)
     _APPLIED.update(settings=dict(wanted), search=search)
     return dict(wanted)
+
+
+def gpu_visible():
+    """Whether TensorFlow sees a GPU (listing devices does not initialise the runtime)."""
+    try:
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+    except Exception:  # noqa: BLE001 (no TensorFlow device API: treat as CPU)
+        return False
 
 
 def settings_in_force():

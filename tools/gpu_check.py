@@ -143,6 +143,8 @@ def main():
         "pt_decision": {"seconds": seconds, "choice": row["choice"],
                         "ops_scored": len(row["scores"]), "batches": a.decision_batches},
         "versions": {"tensorflow": tf.__version__},
+        # tfnas's CPU-measured Grappler settings apply only where no GPU is visible
+        "grappler": __import__("tfnas.grappler", fromlist=["x"]).settings_in_force(),
     }
     text = json.dumps(report, indent=1)
     with open(a.out, "w") as f:
