@@ -108,6 +108,7 @@ def main():
         sys.exit("gpu_check: no GPU visible (tf.config.list_physical_devices('GPU') is empty); "
                  "use --cpu_devices=N for a dry run on CPU")
     from tfnas.config import SearchConfig
+    from tfnas.grappler import settings_in_force
     from tfnas.selection.pt import PerturbationSelector, SelectConfig
     devices = ([d.name for d in tf.config.list_logical_devices("CPU")] if a.cpu_devices
                else [d.name for d in tf.config.list_logical_devices("GPU")])
@@ -144,7 +145,7 @@ def main():
                         "ops_scored": len(row["scores"]), "batches": a.decision_batches},
         "versions": {"tensorflow": tf.__version__},
         # tfnas's CPU-measured Grappler settings apply only where no GPU is visible
-        "grappler": __import__("tfnas.grappler", fromlist=["x"]).settings_in_force(),
+        "grappler": settings_in_force(),
     }
     text = json.dumps(report, indent=1)
     with open(a.out, "w") as f:
