@@ -34,6 +34,12 @@ class _Parser(argparse_flags.ArgumentParser):
         kwargs.setdefault("inherited_absl_flags", None)  # absl's own flags stay out of help
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """--flagfile=F anywhere (as absl reads it; absl's own flags are not inherited)."""
+        if args is not None:
+            args = expand_flagfiles(list(args))
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
         if message.startswith("ambiguous option"):  # absl's own flags make a huge list
             message = message.split(" could match")[0] + " (no such flag)"

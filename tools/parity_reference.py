@@ -14,7 +14,9 @@ NCHW), `fwd/logits` `fwd/loss` (train mode), `grad/KEY` `grad/alpha_T` (d loss /
 then, from the initial state again, `--steps` first-order search steps as the reference's
 `train()` loop runs them (alpha Adam step on the valid batch, weight SGD step on the train
 batch): `stepK/KEY`, `stepK/alpha_T`, `stepK/mom/KEY` (SGD momentum buffers),
-`stepK/adam_m/alpha_T`, `stepK/adam_v/alpha_T`, `stepK/loss`; and the PT op scores of one
+`stepK/adam_m/alpha_T`, `stepK/adam_v/alpha_T`, `stepK/loss`; the same as `tuneK/...` for
+`--steps` tuning steps after the reference's own `project_op` fixed op `--tune_op` on edge
+`--pt_edge` (weight SGD re-created at learning_rate / 10, as projection.py tunes); the PT op scores of one
 edge (`pt/acc`, `pt/loss` [ops]: train-mode BN, the projected weights with that op masked,
 as `project_op`) on the valid batch from the initial state, and `pt_bn/KEY` after them.
 """
@@ -83,6 +85,42 @@ def state(model, cell_types, prefix, out):
         out[f"{prefix}/alpha_{t}"] = a.detach().numpy().copy()
 
 
+def run_steps(model, architect, hp, cell_types, batches, steps, prefix, out):
+    """`steps` first-order steps as train_search.py's train() runs them (alpha Adam on the
+    valid batch, then weight SGD on the train batch); the state after each as PREFIXk/."""
+    xt, yt, xv, yv = batches
+    names = dict((id(prm), name) for name, prm in model.named_parameters())
+    for k in range(steps):
+        model.train()
+        model.optimizer.zero_grad(); architect.optimizer.zero_grad()
+        architect.step(xt, yt, xv, yv, hp.learning_rate, model.optimizer)
+        model.optimizer.zero_grad(); architect.optimizer.zero_grad()
+        _, lt = model.step(xt, yt, hp)
+        pre = f"{prefix}{k + 1}"
+        state(model, cell_types, pre, out)
+        out[f"{pre}/loss"] = np.float32(lt.item())
+        for prm, st in model.optimizer.state.items():
+            if "momentum_buffer" in st:
+                out[f"{pre}/mom/{names[id(prm)]}"] = st["momentum_buffer"].numpy().copy()
+        for t, alpha in zip(cell_types, model.arch_parameters()):
+            st = architect.optimizer.state[alpha]
+            out[f"{pre}/adam_m/alpha_{t}"] = st["exp_avg"].numpy().copy()
+            out[f"{pre}/adam_v/alpha_{t}"] = st["exp_avg_sq"].numpy().copy()
+
+
+def project(model, space, edge, op, on):
+    """The reference's own `project_op` on `edge` (normal cell / the NB201 cell), or its
+    undoing (`on=False`: the projection state is not part of `load_state_dict`)."""
+    if on:
+        model.project_op(edge, op) if space == "nb201" else \
+            model.project_op(edge, op, "normal")
+        return
+    proj = model.proj_weights if space == "nb201" else model.proj_weights["normal"]
+    flags = model.candidate_flags if space == "nb201" else model.candidate_flags["normal"]
+    proj[edge][op] = 0
+    flags[edge] = True
+
+
 def pt_scores(model, space, edge, xv, yv):
     """(accuracy, loss) per op of `edge` (normal cell / the NB201 cell) with that op masked
     in the projected weights, train-mode BN under no_grad: `project_op`'s evaluation."""
@@ -125,6 +163,8 @@ def main(argv=None):
     p = supernet_parser(__doc__, 8, 5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--pt_edge", type=int, default=0)
+    p.add_argument("--tune_op", type=int, default=1, help="the op the tuning steps' decision "
+                                                          "fixes on --pt_edge")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="float64: the reference's numbers without its own float32 rounding "
                         "(the same initial weights: built in float32, then converted)")
@@ -184,23 +224,16 @@ def main(argv=None):
     for opt in (model.optimizer, architect.optimizer):
         opt.zero_grad()
     architect.optimizer.state.clear()
-    names = dict((id(prm), name) for name, prm in model.named_parameters())
-    for k in range(a.steps):
-        model.train()
-        model.optimizer.zero_grad(); architect.optimizer.zero_grad()
-        architect.step(xt, yt, xv, yv, hp.learning_rate, model.optimizer)
-        model.optimizer.zero_grad(); architect.optimizer.zero_grad()
-        _, lt = model.step(xt, yt, hp)
-        pre = f"step{k + 1}"
-        state(model, cell_types, pre, out)
-        out[f"{pre}/loss"] = np.float32(lt.item())
-        for prm, st in model.optimizer.state.items():
-            if "momentum_buffer" in st:
-                out[f"{pre}/mom/{names[id(prm)]}"] = st["momentum_buffer"].numpy().copy()
-        for t, alpha in zip(cell_types, model.arch_parameters()):
-            st = architect.optimizer.state[alpha]
-            out[f"{pre}/adam_m/alpha_{t}"] = st["exp_avg"].numpy().copy()
-            out[f"{pre}/adam_v/alpha_{t}"] = st["exp_avg_sq"].numpy().copy()
+    run_steps(model, architect, hp, cell_types, (xt, yt, xv, yv), a.steps, "step", out)
+    # tuning steps after one op decision (projection.py's tuning: the weight optimizer
+    # re-created at learning_rate / 10, the edge's row one-hot, alphas still training)
+    model.load_state_dict(init)
+    model.set_arch_parameters(init_alphas)
+    model.reset_optimizer(hp.learning_rate / 10, hp.momentum, hp.weight_decay)
+    architect.optimizer.state.clear()
+    project(model, a.space, a.pt_edge, a.tune_op, True)
+    run_steps(model, architect, hp, cell_types, (xt, yt, xv, yv), a.steps, "tune", out)
+    project(model, a.space, a.pt_edge, a.tune_op, False)
     # PT from the initial state (the steps above are ill-conditioned: their float32 and
     # float64 runs part by percents, which would swamp what the PT passes add)
     model.load_state_dict(init)

@@ -15,6 +15,9 @@ computes the same quantities with its own product code (`SearchLoop.state.reduce
 - `--steps` first-order search steps (alpha Adam, weight SGD with momentum, coupled L2,
   global clip, lr 0.025): every weight, BN statistic and alpha, the momentum buffers and
   Adam's moments after each step;
+- `--steps` tuning steps after one op decision (the reference's `project_op` on edge 0,
+  SGD re-created at lr 0.0025 as its projection tuning; tfnas: `fix_edge`, a fresh SGD):
+  the same quantities;
 - the PT op scores of one edge (accuracy and loss with each op masked, train-mode BN), the
   op they choose and the BN statistics after the scoring passes;
 - one topology decision (DARTS family: the reference's own `project_edge` on the node with
@@ -62,6 +65,7 @@ STEP_TOL = 1e-3
 # from float64 (logits 2.3e-6 DARTS, 3.0e-6 S1; docs/PARITY.md has the 1e-6 table too)
 KINK_PROBE = 3e-6
 KINK_DRAWS = 4     # noise draws: a kink that one direction misses, another finds
+TUNE_OP = 1        # the op the tuning steps' decision fixes on edge 0 (--tune_op there)
 # --- tfnas side ---------------------------------------------------------------------------------
 def build_loop(cfg, ref, folder):
     """A SearchLoop of `cfg` on 32x32x3 images, 10 classes, the reference's batch size."""
@@ -210,7 +214,7 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
     # gradients of the same forward (the product's reduced_grads), from the initial state
     m.load(q)
     grads = loop.state.reduced_grads((xt, yt), [m.pairs[k] for k in grad_keys]
-                               + list(m.alphas.values()))
+                                     + list(m.alphas.values()))
     by_key = dict(zip(grad_keys, grads))
     compare(rows, "d loss / d weights", cfg_name,
             tensors("grad", grad_keys, lambda k: by_key[k].numpy()), FORWARD_TOL)
@@ -221,21 +225,18 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
     # search steps from the initial state
     m.load(q)
     _reset_optimizers(loop)
-    for n in range(1, steps + 1):
-        loop.state._step_fn((xt, yt), (xv, yv))
-        pre = f"step{n}"
-        compare(rows, f"step {n}: weights and BN stats", cfg_name,
-                tensors(pre, keys, lambda key: m.pairs[key].numpy()), STEP_TOL)
-        compare(rows, f"step {n}: alphas", cfg_name,
-                [(t, a.numpy(), *(run[f"{pre}/alpha_{t}"] for run in (r, q, *k)))
-                 for t, a in m.alphas.items()], STEP_TOL)
-        compare(rows, f"step {n}: SGD momentum buffers", cfg_name,
-                tensors(f"{pre}/mom", [key for key in grad_keys if f"{pre}/mom/{key}" in r.files],
-                        lambda key: loop.state.w_opt.buffer(m.pairs[key]).numpy()), STEP_TOL)
-        compare(rows, f"step {n}: Adam moments", cfg_name,
-                [(f"{t} {s}", getattr(loop.state.a_opt, s)[i].numpy(),
-                  *(run[f"{pre}/adam_{s}/alpha_{t}"] for run in (r, q, *k)))
-                 for i, t in enumerate(m.alphas) for s in ("m", "v")], STEP_TOL)
+    step_rows(rows, cfg_name, loop, m, (xt, yt, xv, yv), steps, "step", tensors, keys,
+              grad_keys, (r, q, *k))
+    # tuning steps after one op decision (the reference's projection tuning: SGD re-created
+    # at lr / 10, the decided row one-hot, the other alphas training)
+    m.load(q)
+    _reset_optimizers(loop)
+    ctype = loop.space.cell_types[0]
+    loop.model.arch(ctype).fix_edge(0, TUNE_OP)
+    loop.state.w_opt.learning_rate.assign(loop.config.lr / 10)
+    step_rows(rows, cfg_name, loop, m, (xt, yt, xv, yv), steps, "tune", tensors, keys,
+              grad_keys, (r, q, *k))
+    loop.state.w_opt.learning_rate.assign(loop.config.lr)
 
     # PT: the op scores of one edge (normal cell), train-mode BN, on the valid batch, from
     # the initial state: the product's selector (its traced eval graph, run-time skips and
@@ -270,6 +271,31 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
         topology_rows(rows, cfg_name, loop, folder, r, q, (xv, yv),
                       lambda: tensors("topo_bn", bn_keys, lambda k: m.pairs[k].numpy()))
     return rows
+
+
+def step_rows(rows, cfg_name, loop, m, batches, steps, prefix, tensors, keys, grad_keys,
+              runs):
+    """`steps` steps of the product's traced step on the reference's batches, compared after
+    each with the reference's PREFIXk/ state: weights and BN statistics, alphas, momentum
+    buffers, Adam moments."""
+    xt, yt, xv, yv = batches
+    r = runs[0]
+    what = {"step": "step", "tune": "tuning step"}[prefix]
+    for n in range(1, steps + 1):
+        loop.state._step_fn((xt, yt), (xv, yv))
+        pre = f"{prefix}{n}"
+        compare(rows, f"{what} {n}: weights and BN stats", cfg_name,
+                tensors(pre, keys, lambda key: m.pairs[key].numpy()), STEP_TOL)
+        compare(rows, f"{what} {n}: alphas", cfg_name,
+                [(t, a.numpy(), *(run[f"{pre}/alpha_{t}"] for run in runs))
+                 for t, a in m.alphas.items()], STEP_TOL)
+        compare(rows, f"{what} {n}: SGD momentum buffers", cfg_name,
+                tensors(f"{pre}/mom", [key for key in grad_keys if f"{pre}/mom/{key}" in r.files],
+                        lambda key: loop.state.w_opt.buffer(m.pairs[key]).numpy()), STEP_TOL)
+        compare(rows, f"{what} {n}: Adam moments", cfg_name,
+                [(f"{t} {s}", getattr(loop.state.a_opt, s)[i].numpy(),
+                  *(run[f"{pre}/adam_{s}/alpha_{t}"] for run in runs))
+                 for i, t in enumerate(m.alphas) for s in ("m", "v")], STEP_TOL)
 
 
 def topology_rows(rows, cfg_name, loop, folder, r, q, batch, bn_tensors):
