@@ -234,8 +234,17 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
     ctype = loop.space.cell_types[0]
     loop.model.arch(ctype).fix_edge(0, TUNE_OP)
     loop.state.w_opt.learning_rate.assign(loop.config.lr / 10)
-    step_rows(rows, cfg_name, loop, m, (xt, yt, xv, yv), steps, "tune", tensors, keys,
-              grad_keys, (r, q, *k))
+    # the decided edge's other ops weigh zero from now on: the reference skips them (DARTS
+    # family: no forward, no gradient, no SGD update, BN statistics left), tfnas's full step
+    # graph runs them at weight 0 (their statistics move, L2 decays their weights); nothing
+    # downstream ever reads them again, so they are compared apart, as a known difference
+    dead = _dead_keys(loop, keys) if loop.space.skips_zero_ops else set()
+    step_rows(rows, cfg_name, loop, m, (xt, yt, xv, yv), steps, "tune", tensors,
+              [key for key in keys if key not in dead], grad_keys, (r, q, *k))
+    if dead:
+        compare(rows, "tuning: the decided edge's zero-weight ops (differs)", cfg_name,
+                tensors(f"tune{steps}", sorted(dead), lambda key: m.pairs[key].numpy()),
+                float("inf"), 1.0)
     loop.state.w_opt.learning_rate.assign(loop.config.lr)
 
     # PT: the op scores of one edge (normal cell), train-mode BN, on the valid batch, from
@@ -271,6 +280,19 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
         topology_rows(rows, cfg_name, loop, folder, r, q, (xv, yv),
                       lambda: tensors("topo_bn", bn_keys, lambda k: m.pairs[k].numpy()))
     return rows
+
+
+def _dead_keys(loop, keys):
+    """The reference keys (`cells.I._ops.E._ops.K...`) of ops the selection state makes zero
+    for good (`Supernet.zero_ops`)."""
+    zero, cells = loop.model.zero_ops(), loop.model.search_cells()
+    dead = set()
+    for key in keys:
+        p = key.split(".")
+        if p[0] == "cells" and len(p) > 5 and p[2] == "_ops" and p[4] == "_ops":
+            if (cells[int(p[1])][1], int(p[3]), int(p[5])) in zero:
+                dead.add(key)
+    return dead
 
 
 def step_rows(rows, cfg_name, loop, m, batches, steps, prefix, tensors, keys, grad_keys,
