@@ -242,7 +242,7 @@ def run_tfnas(cfg_name, cfg, r, q, folder, steps, k):
     step_rows(rows, cfg_name, loop, m, (xt, yt, xv, yv), steps, "tune", tensors,
               [key for key in keys if key not in dead], grad_keys, (r, q, *k))
     if dead:
-        compare(rows, "tuning: the decided edge's zero-weight ops (differs)", cfg_name,
+        compare(rows, "tuning: zero-weight ops (differs)", cfg_name,
                 tensors(f"tune{steps}", sorted(dead), lambda key: m.pairs[key].numpy()),
                 float("inf"), 1.0)
     loop.state.w_opt.learning_rate.assign(loop.config.lr)
