@@ -96,6 +96,10 @@ def test_darts_import_finds_the_space_and_refuses_contradictions(tmp_path, image
 def test_reader_refuses_what_is_not_a_tensor_checkpoint(tmp_path, images, capsys,
                                                         monkeypatch):
     import datetime
+    assert _import(str(tmp_path / "missing.pth"), str(tmp_path / "a"), images) == 2
+    assert "missing.pth: no such file" in capsys.readouterr().err
+    assert _import(str(tmp_path), str(tmp_path / "a"), images) == 2
+    assert "is not a file" in capsys.readouterr().err
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
     monkeypatch.setitem(sys.modules, "torch", None)  # as where PyTorch is not installed

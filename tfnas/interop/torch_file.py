@@ -12,6 +12,7 @@ legacy format (before PyTorch 1.6) is read with PyTorch itself when it is instal
 
 import collections
 import io
+import os
 import pickle
 import zipfile
 
@@ -100,6 +101,9 @@ def read_torch_file(path):
         UsageError: not a PyTorch checkpoint, a legacy-format one without PyTorch
             installed, or one holding objects other than tensors and plain values.
     """
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file" if not os.path.exists(path) else
+                         f"{path} is not a file")
     try:
         is_zip = zipfile.is_zipfile(path)
     except OSError as e:
