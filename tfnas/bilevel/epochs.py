@@ -137,7 +137,7 @@ def _cardinality(dataset):
     n = int(dataset.cardinality())
     if n == tf.data.INFINITE_CARDINALITY:
         raise UsageError("the tuning dataset is infinite: give one that ends (one pass is "
-                            "an epoch), or a number of batches per epoch")
+                         "an epoch)")
     if n == tf.data.UNKNOWN_CARDINALITY:
         n = int(dataset.reduce(0, lambda count, _: count + 1))
     if n <= 0:

@@ -58,16 +58,15 @@ class SearchState:
         self.graphs = LoopGraphs(self)
 
     def variables(self):
-        """Every variable a checkpoint must hold to resume exactly, by group."""
-        state = {"model": self.model.variables, "w_opt": self.w_opt.variables,
-                 "a_opt": self.a_opt.variables, "methods": list(self.arch_update.variables) +
-                 list(self.perturbation.variables)}
-        return dict(state, loss_scale=self.loss_scale.variables) if self.loss_scale else state
+        """Every variable a checkpoint must hold to resume exactly, {group: [variables]}
+        (`named_variables` without the names)."""
+        return {g: list(named.values()) for g, named in self.named_variables().items()}
 
     def named_variables(self):
-        """`variables()` with a stable name for each ({group: {name: variable}}): the model's
-        by their path below the model, optimizer slots by the path of the variable they
-        serve, method state by component; what checkpoints match on."""
+        """Every variable a checkpoint must hold to resume exactly, with a stable name
+        ({group: {name: variable}}): the model's by their path below the model, optimizer
+        slots by the path of the variable they serve, method state by component; what
+        checkpoints match on."""
         model = _model_names(self.model)
         key = {id(v): name for name, v in model.items()}
         w_opt = {"learning_rate": self.w_opt.learning_rate, "iterations": self.w_opt.iterations,

@@ -101,18 +101,18 @@ def make_tune(supernet, train, valid, tuning=None, log=None):
     state = SearchState(supernet, hyper, tf.distribute.get_strategy(),
                         ARCH_UPDATES.get(hyper.arch_update)(),
                         PERTURBATIONS.get(hyper.perturbation)())
-    runner = DatasetRunner(state, train, valid, tuning.steps, log=log or (lambda line: None))
+    quiet = log or (lambda line: None)
+    runner = DatasetRunner(state, train, valid, tuning.steps, log=quiet)
     space = supernet.space
     schedule = space.tuning_epochs(len(decision_events(space, 0)), tuning.epochs)
 
     def tune(event):
-        tune_supernet(runner, schedule[event], tuning.lr, data_base=0,
-                      log=log or (lambda line: None))
+        tune_supernet(runner, schedule[event], tuning.lr, data_base=0, log=quiet)
     return tune
 
 
-def select(supernet, valid_data, selector="pt", tune=None, tuning=None, crit="acc", seed=0, bn_batch_stats=True, log=None, budget=None,
-           topology_rule="reference"):
+def select(supernet, valid_data, selector="pt", tune=None, tuning=None, crit="acc", seed=0,
+           bn_batch_stats=True, log=None, budget=None, topology_rule="reference"):
     """Derives an architecture from a trained supernet by perturbation (paper Algorithm 1).
 
     Args:

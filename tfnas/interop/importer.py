@@ -35,7 +35,7 @@ def read_checkpoint(path):
     """The checkpoint's dict, checked to be a darts-pt search checkpoint."""
     ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
-        have = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        have = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UsageError(f"{path} is not a darts-pt search checkpoint (expected the keys "
                          f"{', '.join(KEYS)}; it has {have})")
     flags = ckpt.get("candidate_flags")
@@ -102,8 +102,11 @@ def import_darts_pt(path, workdir, config, overwrite=False, log=print):
     soft = loop.model.softmax_numpy()
     log_epoch(workdir, {"epoch": epoch}, soft, tf.summary.create_noop_writer(),
               zip(loop.space.cell_types, loop.state.alphas))
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:  # in chunks: a checkpoint may be larger than memory allows
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest = digest.hexdigest()
     atomic_write_json(os.path.join(workdir, "import.json"), {
         "from": "darts-pt", "checkpoint": os.path.abspath(path), "sha256": digest,
         "epoch": int(ckpt["epoch"]), "space": loop.config.space, "tensors": len(pairs),
