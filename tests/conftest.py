@@ -8,6 +8,9 @@ _CACHE = __import__("tempfile").mkdtemp(prefix="tfnas-test-cache-")
 os.environ["TFNAS_CACHE_DIR"] = _CACHE
 __import__("atexit").register(__import__("shutil").rmtree, _CACHE, True)
 
+# tfnas decides its CPU settings (oneDNN on AVX2 CPUs) before TensorFlow loads, as in a
+# user's process (tfnas.cpuinfo)
+import tfnas  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -238,8 +238,9 @@ def main():
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
-        print(json.dumps(run_one(a._child, a.steps, a.warmup, a.decision_batches,
-                                 a.recompute)))
+        from tfnas.cpuinfo import onednn_active
+        result = run_one(a._child, a.steps, a.warmup, a.decision_batches, a.recompute)
+        print(json.dumps({**result, "onednn_active": onednn_active()}))
         return
     side = [bool(x) for x in (a.rbench, a.reference_python, a.darts_pt)]
     if any(side) and not all(side):
