@@ -23,6 +23,7 @@ class Selector:
 
     decides = True
     scores_ops = True
+    zero_cost = False  # evaluate() gives a zero-cost proxy's value (tfnas.derive.zero_cost)
 
     def choose(self, scores, alphas, allowed, crit):
         raise NotImplementedError
@@ -52,6 +53,14 @@ class PT(Selector):
 
     def choose(self, scores, alphas, allowed, crit):
         return choose_op({k: scores[k] for k in allowed}, crit)
+
+
+@SELECTORS.register("zc_pt")
+class ZeroCostPT(PT):
+    """Zero-Cost-PT (tfnas.derive.zero_cost): PT's choice on a proxy's value, which its
+    evaluate() returns in the accuracy slot (the op whose removal lowers it most is kept)."""
+
+    zero_cost = True
 
 
 @SELECTORS.register("pt_mag")

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfnas.ops.conv import conv2d, depthwise_conv2d, subsample2
 from tfnas.ops.norm import BatchNorm
 from tfnas.ops.registry import OPS, serializable
+from tfnas.ops.taps import relu, tap
 
 def torch_init():
     """PyTorch's default conv init (uniform in +-1/sqrt(fan_in)). A new instance per weight:
@@ -118,11 +119,12 @@ class FactorizedReduce(OpLayer):
     folds_scale = True
 
     def call(self, x, training=False, scale_by=None):
-        x = tf.nn.relu(x)
+        x = relu(x)
         h, w = x.shape[1], x.shape[2]
         if h is None or w is None:
             shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-            y = tf.concat([conv2d(x, self.k1, 2), conv2d(shifted, self.k2, 2)], axis=-1)
+            y = tap("conv", tf.concat([conv2d(x, self.k1, 2), conv2d(shifted, self.k2, 2)],
+                                      axis=-1))
             return self.bn(y, training=training, scale_by=scale_by)
         # Both 1x1 convs as one 2x2 stride-2 conv: k1 on the window's top-left pixel into the
         # first half of the channels, k2 on its bottom-right one into the second (the
@@ -135,7 +137,7 @@ class FactorizedReduce(OpLayer):
         half = self.channels // 2
         kernel = (tf.pad(self.k1, [[0, 1], [0, 1], [0, 0], [0, half]])
                   + tf.pad(self.k2, [[1, 0], [1, 0], [0, 0], [half, 0]]))
-        y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 2, "VALID")
+        y = tap("conv", tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 2, "VALID"))
         return self.bn(y, training=training, scale_by=scale_by)
 
 
@@ -156,7 +158,7 @@ class ReLUConvBN(OpLayer):
     folds_scale = True
 
     def call(self, x, training=False, scale_by=None):
-        return self.bn(conv2d(tf.nn.relu(x), self.k, self.stride), training=training,
+        return self.bn(tap("conv", conv2d(relu(x), self.k, self.stride)), training=training,
                        scale_by=scale_by)
 
     def get_config(self):
@@ -188,8 +190,8 @@ class DilConv(OpLayer):
     def call(self, x, training=False, scale_by=None):
         for i in range(self.repeats):
             stride = self.stride if i == 0 else 1
-            x = depthwise_conv2d(tf.nn.relu(x), self.dw[i], stride, self.dilation)
-            x = self.bns[i](conv2d(x, self.pw[i]), training=training,
+            x = tap("conv", depthwise_conv2d(relu(x), self.dw[i], stride, self.dilation))
+            x = self.bns[i](tap("conv", conv2d(x, self.pw[i])), training=training,
                             scale_by=scale_by if i == self.repeats - 1 else None)
         return x
 

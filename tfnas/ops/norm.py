@@ -35,6 +35,21 @@ def stats_frozen():
     return _FROZEN[0] > 0
 
 
+_BYPASSED = [0]  # > 0: BN layers traced now are identities (times their OutputScale)
+
+
+@contextlib.contextmanager
+def bypassed():
+    """BN layers called (or traced) inside are identities, only their `OutputScale` still
+    multiplies: the BN-free network SynFlow scores (`tfnas.derive.proxies`). Read at trace
+    time, as `running_stats_frozen`."""
+    _BYPASSED[0] += 1
+    try:
+        yield
+    finally:
+        _BYPASSED[0] -= 1
+
+
 class OutputScale:
     """A scalar that multiplies a layer's output, folded into its last BN: the kernel's
     scale and offset become `scale * s`, `offset * s`, so `s * op(x)` costs no extra pass
@@ -101,6 +116,8 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False, scale_by=None):
         """`scale_by`: an `OutputScale` multiplying the output (None: 1)."""
+        if _BYPASSED[0]:
+            return x if scale_by is None else tf.cast(scale_by.value, x.dtype) * x
         c = x.shape[-1]
         scale, offset = self._scale_offset(c, scale_by)
         if not training:

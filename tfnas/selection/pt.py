@@ -36,12 +36,15 @@ from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
 from tfnas.derive import SELECTORS, decide, decision_events, get_selector, magnitude_genotype
 from tfnas.derive.api import keeping_bn_stats
 from tfnas.derive.perturbation import TOPOLOGY_RULES
+from tfnas.derive.zero_cost import EDGE_ORDERS, ZeroCost
+from tfnas.errors import UsageError
 
 
 @dataclasses.dataclass
 class SelectConfig:
     selector: str = _f("pt", "a registered selector: pt | pt_mag (progressive tuning, decided "
-                             "by alpha) | magnitude")
+                             "by alpha) | zc_pt (Zero-Cost-PT: a proxy, no tuning) | "
+                             "magnitude")
     crit: str = _f("acc", "PT score: accuracy (keep the op whose removal lowers it most) or "
                           "loss (raises it most)", ("acc", "loss"))
     tune_epochs_per_decision: int = _f(5, "supernet tuning epochs between decisions")
@@ -70,6 +73,14 @@ class SelectConfig:
                                     "differs by ~1e-7): auto (when the batches ahead pay for "
                                     "the trace) | always | never",
                             GRAPH_MODES)
+    proxy: str = _f("nwot", "zc_pt: the zero-cost proxy: nwot | jacob_cov | snip | grad_norm | "
+                            "fisher | synflow (or one registered by an extension)")
+    zc_iterations: int = _f(10, "zc_pt: candidate architectures searched (the paper's N)")
+    zc_validate_rounds: int = _f(100, "zc_pt: batches each distinct candidate's discrete "
+                                      "network is scored on (the paper's V)")
+    zc_edge_order: str = _f("random", "zc_pt: the edge order of each iteration", EDGE_ORDERS)
+    zc_at_init: bool = _f(False, "zc_pt: score the supernet as initialised from the run's seed "
+                                 "instead of its trained weights")
 
     def budget_kind(self):
         """(kind, limit) of the budget flag that is set, or None."""
@@ -107,9 +118,28 @@ class SelectConfig:
                               f"one of {', '.join(GRAPH_MODES)}")
         if self.latency_table and not self.max_latency_ms:
             raise ConfigError("--latency_table is used with --max_latency_ms only")
+        self._validate_zero_cost()
         return self
 
+    def _validate_zero_cost(self):
+        zc = {f: getattr(self, f) for f in ZC_FIELDS}
+        if self.selector != "zc_pt":
+            changed = [f"--{f}" for f, v in zc.items() if v != _DEFAULTS[f]]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)}: for --selector=zc_pt only (the "
+                                  f"selector is {self.selector})")
+            return
+        try:
+            ZeroCost(self.proxy, self.zc_iterations, self.zc_validate_rounds,
+                     self.zc_edge_order).check()
+        except UsageError as e:
+            raise ConfigError(f"--selector=zc_pt: {e}") from None
+
     to_json = lambda self: dataclasses.asdict(self)  # noqa: E731
+
+
+ZC_FIELDS = ("proxy", "zc_iterations", "zc_validate_rounds", "zc_edge_order", "zc_at_init")
+_DEFAULTS = SelectConfig().to_json()
 
 
 class PerturbationSelector:

@@ -14,10 +14,12 @@ from tfnas.errors import UsageError, WorkdirError
 from tfnas.io import atomic_write_json, remove_stale_temps
 from tfnas.search import SearchLoop
 from tfnas.selection.pt import PerturbationSelector, SelectConfig
+from tfnas.selection.zero_cost import ZeroCostRun
 
 
-def load_search(workdir, log=print, strategy=None):
-    """A SearchLoop holding the last checkpoint of the finished search in `workdir`. BN
+def load_search(workdir, log=print, strategy=None, restore=True):
+    """A SearchLoop holding the last checkpoint of the finished search in `workdir` (with
+    `restore` False: the supernet as initialised from the run's seed). BN
     follows the run's `--bn` (global, the default: statistics over the global batch, so PT
     scores, and the decisions made from them, do not depend on the replica count).
 
@@ -34,7 +36,7 @@ def load_search(workdir, log=print, strategy=None):
         search_config = SearchConfig.from_json(json.load(f))
     loop = SearchLoop(search_config, workdir, strategy or tf.distribute.get_strategy(),
                       log=log)
-    if loop.checkpointer.restore_latest() is None:
+    if restore and loop.checkpointer.restore_latest() is None:
         raise WorkdirError(f"{workdir} has no search checkpoint to select from")
     return loop
 
@@ -46,7 +48,7 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     re-running resumes there. (The same selector runs under KerasTuner through
     `tfnas.selection.oracle.select_with_oracle`.)"""
     config.validate()
-    loop = load_search(workdir, log, strategy)
+    loop = load_search(workdir, log, strategy, restore=not config.zc_at_init)
     folder = os.path.join(workdir, "selection")
     budget = make_budget(loop, config, folder, log)  # an infeasible budget fails here
     sel_cfg = os.path.join(folder, "config.json")
@@ -66,6 +68,8 @@ def run_select(workdir, config, overwrite=False, strategy=None, log=print):
     if not get_selector(config.selector).decides:  # magnitude: no decisions, no tuning
         # the mixing weights: decisions made during the search (SGAS) count
         genotype = loop.current_genotype(meta={"run": os.path.abspath(workdir)})
+    elif get_selector(config.selector).zero_cost:
+        genotype = ZeroCostRun(loop, config, folder, log, budget).run()
     else:
         genotype = PerturbationSelector(loop, config, folder, log, budget).run()
     if loop.benchmark is not None:  # the search's --benchmark_table (NAS-Bench-201)

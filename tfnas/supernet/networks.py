@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas.ops import BatchNorm, FactorizedReduce, ReLUConvBN, conv2d, serializable
+from tfnas.ops.taps import tap
 from tfnas.ops.layers import torch_init
 from tfnas.supernet.mixed import MIXED_OPS, ArchParameters, MixedOp, TracePool
 
@@ -28,7 +29,7 @@ class StemConv(keras.layers.Layer):
         self.bn.build((n, h, w, self.channels))
 
     def call(self, x, training=False):
-        return self.bn(conv2d(x, self.kernel, self.stride), training=training)
+        return self.bn(tap("conv", conv2d(x, self.kernel, self.stride)), training=training)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride}
@@ -100,7 +101,7 @@ class ResidualReduction(keras.layers.Layer):
 
     def call(self, x, training=False):
         y = self.conv_b(self.conv_a(x, training=training), training=training)
-        return y + conv2d(tf.nn.avg_pool2d(x, 2, 2, "SAME"), self.shortcut)
+        return y + tap("conv", conv2d(tf.nn.avg_pool2d(x, 2, 2, "SAME"), self.shortcut))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
