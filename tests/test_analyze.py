@@ -140,3 +140,32 @@ def test_skip_gap_on_a_synthetic_history(tmp_path):
     assert res["pearson_gap_acc"] == pytest.approx(
         np.corrcoef(expected, [m["valid_acc"] for m in metrics])[0, 1])
     assert (wd / "analysis" / "skip_gap.png").stat().st_size > 1000
+
+
+def test_strength_ranks_ops_by_zero_cost_proxies_too(searched, tmp_path, capsys):
+    from tfnas.derive.proxies import ProxyScorer
+    from tfnas.selection.run import load_search
+    wd = str(tmp_path / "p")
+    shutil.copytree(searched, wd)
+    summary = analyze.run_strength(wd, edges="normal:1", max_epochs=1, patience=1,
+                                   score_batches=2, proxies="snip,nwot", log=lambda s: None)
+    rows = read_jsonl(os.path.join(wd, "analysis", "strength.jsonl"))
+    (edge,) = summary["edges"]
+    conv = [r["acc_converged"] for r in rows]
+    for name in ("snip", "nwot"):  # nwot reads the running statistics: none moved before
+        values = [r["proxy_without"][name] for r in rows]
+        assert edge[f"{name}_importance"] == pytest.approx([-v for v in values])
+        tau = edge[f"tau_{name}_strength"]
+        assert (np.isnan(tau) and np.isnan(analyze.kendall_tau(values, conv))) or \
+            tau == pytest.approx(analyze.kendall_tau([-v for v in values], conv))
+    assert set(summary["mean_tau_strength"]) == {"alpha", "pt", "snip", "nwot"}
+    # the recorded value is the proxy of the trained supernet with that op masked
+    loop = load_search(wd, log=lambda s: None)
+    batch = next(iter(loop.pipeline.train(loop.train_idx, 30_000, repeat=True)))
+    loop.model.arch("normal").mask_op(1, 0)
+    for name in ("snip", "nwot"):
+        assert ProxyScorer(loop.model, name)(*batch) == pytest.approx(
+            rows[0]["proxy_without"][name], rel=1e-5)
+    assert main(["analyze", "strength", f"--workdir={wd}", "--edges=normal:1",
+                 "--proxies=bogus"]) == 2
+    assert "'bogus' is not a proxy" in capsys.readouterr().err

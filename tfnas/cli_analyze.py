@@ -22,6 +22,9 @@ def add_parser(sub, boolean, add_strategy_flags):
     analyze.add_argument("--random_edges", type=int, default=0,
                          help="strength: K random edges (from --seed) instead of --edges")
     analyze.add_argument("--ops", default="", help="strength: only these ops of each edge")
+    analyze.add_argument("--proxies", default="",
+                         help="strength: also these zero-cost proxies as criteria, e.g. "
+                              "nwot,snip (tfnas.derive.proxies)")
     analyze.add_argument("--max_epochs", type=int, default=10,
                          help="strength: most fine-tuning epochs per op")
     analyze.add_argument("--patience", type=int, default=2,
@@ -71,7 +74,7 @@ def _run_analysis(analyze, args, strategy):
     if args.kind == "strength":
         analyze.run_strength(args.workdir, args.edges, args.random_edges, args.max_epochs,
                              args.patience, args.tune_lr, args.ops, args.score_batches,
-                             args.seed, strategy=strategy)
+                             args.seed, strategy=strategy, proxies=args.proxies)
     elif args.kind == "shuffle":
         analyze.run_shuffle(args.workdir, args.trials, args.seed, args.baselines,
                             args.baseline_epochs, strategy=strategy)

@@ -1,5 +1,6 @@
 """`tfnas analyze strength` (paper Figures 1 and 7): discretisation accuracy at convergence
-per op beside its alpha and PT score."""
+per op beside its alpha, its PT score and (`--proxies`) zero-cost proxies' values with it
+masked, each criterion's Kendall tau with the accuracy at convergence."""
 
 import os
 import time
@@ -69,13 +70,37 @@ def _finished_rows(path, settings):
     return done
 
 
+def parse_proxies(text):
+    """'nwot,snip' -> ["nwot", "snip"] (registered proxies only)."""
+    from tfnas.derive.proxies import PROXIES
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    for name in names:
+        if name not in PROXIES:
+            raise ConfigError(f"--proxies: {name!r} is not a proxy; expected some of "
+                              f"{', '.join(PROXIES.names())}")
+    return names
+
+
+def _proxy_values(loop, names, seed):
+    """callable() -> {proxy: value} of the supernet under its current masks on one fixed
+    batch of the weight split (the same batch for every op)."""
+    from tfnas.derive.proxies import ProxyScorer
+    if not names:
+        return dict
+    batch = next(iter(loop.pipeline.train(loop.train_idx, 30_000 + seed, repeat=True)))
+    scorers = {n: ProxyScorer(loop.model, n) for n in names}
+    return lambda: {n: sc(*batch) for n, sc in scorers.items()}
+
+
 def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, lr=0.0025,
-                 ops="", score_batches=0, seed=0, log=print, strategy=None):
-    """Discretisation accuracy at convergence of every op on the chosen edges.
+                 ops="", score_batches=0, seed=0, log=print, strategy=None, proxies=""):
+    """Discretisation accuracy at convergence of every op on the chosen edges (`proxies`:
+    also each named proxy's value with the op masked).
 
     Each (edge, op) result is appended to analysis/strength.jsonl as soon as it finishes; a
     rerun skips those. Returns the summary dict also written to analysis/strength.json.
     """
+    names = parse_proxies(proxies)
     loop = load_search(workdir, log=log, strategy=strategy)
     space = loop.space
     targets = strength_targets(space, edges, random_edges, seed, ops)
@@ -83,6 +108,9 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
     path = os.path.join(folder, "strength.jsonl")
     settings = {"max_epochs": max_epochs, "patience": patience, "lr": lr,
                 "score_batches": score_batches}
+    if names:
+        settings["proxies"] = names
+    proxy_values = _proxy_values(loop, names, seed)
     done = _finished_rows(path, settings)
     search_state = loop.checkpointer.list()[-1][1]
     todo = [(c, e, k) for c, e, ks in targets for k in ks
@@ -94,6 +122,9 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
         op = space.cells[ctype].ops[e][k]
         loop.checkpointer.restore(search_state)  # the trained supernet, every time
         arch = loop.model.arch(ctype)
+        arch.mask_op(e, k)  # proxies first: the scoring passes below move BN statistics
+        without = proxy_values()
+        arch.reset_op_mask()
         if (ctype, e) not in baseline:
             baseline[(ctype, e)] = loop.evaluate(score_batches, batch_stats=True)[1]
         alpha = float(np.asarray(arch.softmax())[e, k])
@@ -113,6 +144,8 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
                "acc_discretized": disc_acc,
                "acc_converged": disc_acc if best is None else best,  # None: 0 epochs
                "epochs": len(records), "settings": settings}
+        if without:
+            row["proxy_without"] = without
         append_jsonl(path, row)
         finished += 1
         eta = (time.time() - t_start) / finished * (len(todo) - finished)
@@ -139,7 +172,13 @@ def summarize_strength(workdir, targets, space):
         pt = [-mine[o]["pt_acc_without"] for o in ops]  # higher = more important
         conv = [mine[o]["acc_converged"] for o in ops]
         node, inp = space.cells[ctype].edges[e]
+        names = sorted(set().union(*(mine[o].get("proxy_without", {}) for o in ops))) \
+            if ops else []
+        proxy = {n: [-mine[o].get("proxy_without", {}).get(n, np.nan) for o in ops]
+                 for n in names}  # higher = more important, as pt_importance
         edges.append({
+            **{f"{n}_importance": v for n, v in proxy.items()},
+            **{f"tau_{n}_strength": kendall_tau(v, conv) for n, v in proxy.items()},
             "cell": ctype, "edge": e, "node": node, "input": inp, "ops": ops, "alpha": alpha,
             "pt_importance": pt, "acc_converged": conv,
             "tau_alpha_strength": kendall_tau(alpha, conv),
@@ -148,12 +187,23 @@ def summarize_strength(workdir, targets, space):
             "best_by_alpha": ops[int(np.argmax(alpha))] if ops else None,
             "best_by_pt": ops[int(np.argmax(pt))] if ops else None,
             "strongest": ops[int(np.argmax(conv))] if ops else None})
+    criteria = sorted({k[4:-9] for ed in edges for k in ed
+                       if k.startswith("tau_") and k.endswith("_strength")})
     summary = {"edges": edges,
+               "mean_tau_strength": {c: _nanmean([ed.get(f"tau_{c}_strength") for ed in edges])
+                                     for c in criteria},
                "note": "pt_importance = -(supernet accuracy with the op removed); "
-                       "tau = Kendall tau-b over the ops of one edge"}
+                       "PROXY_importance = -(the proxy's value with the op removed); "
+                       "tau = Kendall tau-b over the ops of one edge; mean_tau_strength: its "
+                       "mean over the edges, per criterion"}
     atomic_write_json(os.path.join(folder, "strength.json"), summary)
     _plot_strength(edges, os.path.join(folder, "strength.png"))
     return summary
+
+
+def _nanmean(values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _plot_strength(edges, path):

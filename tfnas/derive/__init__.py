@@ -12,8 +12,11 @@ from tfnas.derive.perturbation import decide_op, decide_topology, decision_event
 from tfnas.derive.sgas import sgas_scores
 from tfnas.derive.api import Tuning, decide, make_evaluate, make_tune, select  # noqa: I100
 from tfnas.derive.budget import Budget, Network
+from tfnas.derive.proxies import PROXIES, Proxy, ProxyScorer
+from tfnas.derive.zero_cost import ZeroCost, zero_cost_select
 
 __all__ = ["magnitude_genotype", "choose_op", "decide_op", "decide_topology",
            "decision_events", "score_ops", "stronger", "sgas_scores", "select",
            "make_evaluate", "make_tune", "Tuning", "decide", "Budget", "Network", "SELECTORS",
-           "Selector", "get_selector"]
+           "Selector", "get_selector", "PROXIES", "Proxy", "ProxyScorer", "ZeroCost",
+           "zero_cost_select"]

@@ -178,6 +178,9 @@ def _check_select_args(selector, crit, budget, topology_rule):
         raise UsageError(f"select: selector {selector!r} is unknown; expected one of "
                          f"{', '.join(SELECTORS.names())}")
     chooser = get_selector(selector)
+    if chooser.zero_cost:
+        raise UsageError(f"select: selector {selector!r} scores with a zero-cost proxy: call "
+                         f"tfnas.derive.zero_cost_select(supernet, data, build=...)")
     if crit not in ("acc", "loss"):
         raise UsageError(f"select: crit {crit!r} is unknown; expected acc or loss")
     if topology_rule not in TOPOLOGY_RULES:

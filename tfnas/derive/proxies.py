@@ -9,11 +9,13 @@ lowers it most.
         def value(self, model, x, y): ...   # a scalar tensor; traced
 
 Each is what its paper defines, on the network as it is (no re-initialisation), with BN in
-training mode (batch statistics; the running statistics are left alone):
+training mode (batch statistics; the running statistics are left alone) except `nwot`:
 
 - `nwot` (Mellor et al., ICML 2021, "NAS without training"): the binary codes of every ReLU's
   input (the ReLUs of tfnas's ops, cell preprocessing and blocks; not the classifier head's),
-  K = sum over ReLUs of c c^T + (1 - c)(1 - c)^T over the batch, score log|det K|.
+  K = sum over ReLUs of c c^T + (1 - c)(1 - c)^T over the batch, score log|det K|. BN in
+  inference mode (running statistics), as Zero-Cost-PT's code scores it (its `jacob`
+  criterion); NASWOT's own code used batch statistics: `NWOT(training=True)`.
 - `jacob_cov` (Mellor et al., 2020 v1): J = d sum(logits) / d input per image, the
   eigenvalues v of its correlation matrix, score -sum(log(v + 1e-5) + 1 / (v + 1e-5)).
 - `snip` (Lee et al., ICLR 2019, as in Abdelfattah et al., ICLR 2021): sum |w * dL/dw| over
@@ -46,6 +48,7 @@ class Proxy:
 
     taps = ()  # "relu" and/or "conv": what the forward pass records (tfnas.ops.taps)
     bn_free = False  # BN layers are identities (SynFlow)
+    training = True  # BN with batch statistics (False: running statistics)
 
     def value(self, model, x, y):
         raise NotImplementedError
@@ -58,8 +61,8 @@ def kernels(model):
             if len(v.shape) >= 2 and id(v) not in alpha_ids]
 
 
-def _logits(model, x):
-    out = model(x, training=True)
+def _logits(model, x, training=True):
+    out = model(x, training=training)
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
@@ -72,9 +75,12 @@ def _cross_entropy(y, logits):
 class NWOT(Proxy):
     taps = ("relu",)
 
+    def __init__(self, training=False):
+        self.training = training
+
     def value(self, model, x, y):
         with taps.recording("relu") as got:
-            _logits(model, x)
+            _logits(model, x, self.training)
         n = tf.shape(x)[0]
         k = tf.zeros([n, n], tf.float64)
         for t in got["relu"]:

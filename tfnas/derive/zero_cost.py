@@ -14,7 +14,11 @@ supernet's validation accuracy.
    `validate_rounds` batches (the paper's V); the highest sum is the selection.
 
 `tfnas select --selector=zc_pt` runs it on a search run (resumable per iteration);
-`zero_cost_select` here is the library form on any supernet of this package.
+`zero_cost_select` here is the library form on any supernet of this package:
+
+    genotype = tfnas.derive.zero_cost_select(
+        supernet, train_ds, build=lambda g: tfnas.build_model(g, 10, (32, 32, 3), 16, 8),
+        zero_cost=ZeroCost(proxy="nwot", iterations=10, validate_rounds=100))
 """
 
 import dataclasses
@@ -23,10 +27,12 @@ import math
 
 import numpy as np
 
+from tfnas.derive.api import decide
 from tfnas.derive.magnitude import magnitude_genotype
 from tfnas.derive.perturbation import decision_events
 from tfnas.derive.proxies import PROXIES, ProxyScorer
 from tfnas.errors import UsageError
+from tfnas.genotype import Genotype
 
 EDGE_ORDERS = ("random", "order", "reverse")
 
@@ -185,3 +191,52 @@ def validate_candidates(genotypes, build, batches, zc, log=None):
             log(f"zc_pt validation: candidate {i + 1} {zc.proxy} sum {total:.6g}")
     best = max(sums, key=lambda k: (sums[k], -first[k]))
     return sums, first[best]
+
+
+def make_decide(budget=None, topology_rule="reference"):
+    """`decide` as `search_candidate` calls it: the proxy in the accuracy slot, no before /
+    after pass (Zero-Cost-PT measures only the candidates), within `budget` if given."""
+    def nothing():
+        return float("nan"), float("nan")
+
+    def run(archs, space, kind, ctype, target, evaluate, keep=()):
+        return decide(archs, space, kind, ctype, target, evaluate, "acc", budget=budget,
+                      selector="zc_pt", keep=keep, topology_rule=topology_rule,
+                      measure=nothing)
+    return run
+
+
+def zero_cost_select(supernet, data, build, zero_cost=None, seed=0, budget=None,
+                     topology_rule="reference", log=None):
+    """Zero-Cost-PT on `supernet` as it is (trained or freshly built), batches from `data`
+    (a `tf.data.Dataset` of (images, labels), repeated as needed).
+
+    Args:
+        build: callable(Genotype) -> the candidate's discrete Keras model (validation).
+        zero_cost: a `ZeroCost` (default: nwot, N=10, V=100, random edge order).
+        seed: the edge orders (iteration i draws from seed + i).
+        budget: optional `tfnas.derive.Budget` every decision keeps to.
+    Returns:
+        The chosen Genotype; `meta["decisions"]` holds every decision row and
+        `meta["validation_sums"]` each distinct candidate's proxy sum. The supernet's
+        selection state is what it was before the call.
+    Raises:
+        UsageError: bad settings; ProxyError: a proxy value that is not finite.
+    """
+    zc = (zero_cost or ZeroCost()).check()
+    batches = iter(data.repeat())
+    state, scorer = SelectionState(supernet), ProxyScorer(supernet, zc.proxy)
+    if budget is not None:
+        budget.check_feasible({t: supernet.arch(t) for t in supernet.space.cell_types})
+    pool, rows = [], []
+    for it in range(zc.iterations):
+        state.restore()
+        genotype, r = search_candidate(supernet, scorer, batches, zc, it, seed,
+                                       make_decide(budget, topology_rule), log)
+        pool.append(genotype)
+        rows += r
+    state.restore()
+    sums, best = validate_candidates(pool, build, batches, zc, log)
+    return Genotype(pool[best].space, pool[best].cells, meta={
+        "selector": "zc_pt", "proxy": zc.proxy, "seed": seed, "decisions": rows,
+        "validation_sums": list(sums.values()), "chosen_iteration": best})

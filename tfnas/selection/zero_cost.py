@@ -14,9 +14,8 @@ import time
 
 import keras
 
-from tfnas.derive import decide
 from tfnas.derive.proxies import ProxyScorer
-from tfnas.derive.zero_cost import (SelectionState, ZeroCost, search_candidate,
+from tfnas.derive.zero_cost import (SelectionState, ZeroCost, make_decide, search_candidate,
                                     validate_candidates)
 from tfnas.genotype import Genotype
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
@@ -44,18 +43,13 @@ class ZeroCostRun:
         self.seed = config.seed if config.seed >= 0 else loop.config.seed
         self.candidates_path = os.path.join(folder, "candidates.jsonl")
         self.scores_path = os.path.join(folder, "scores.jsonl")
+        self._decide = make_decide(budget, config.topology_rule)
 
     def _batches(self, stream):
         """An endless iterator of (images, labels) weight-split batches, seeded by `stream`
         (augmented as the search's, no cutout: Zero-Cost-PT reads the training transform)."""
         lp = self.loop
         return iter(lp.pipeline.train(lp.train_idx, _STREAM + stream, repeat=True))
-
-    def _decide(self, archs, space, kind, ctype, target, evaluate, keep=()):
-        nothing = lambda: (float("nan"), float("nan"))  # noqa: E731  (no before/after pass)
-        return decide(archs, space, kind, ctype, target, evaluate, "acc", budget=self.budget,
-                      selector="zc_pt", keep=keep, topology_rule=self.config.topology_rule,
-                      measure=nothing)
 
     def _restore(self):
         """The candidates of finished iterations (rows of later ones are dropped)."""
