@@ -48,6 +48,14 @@ def _data(seed=0):
 @pytest.mark.parametrize("name", SELECTORS.names())
 def test_every_selector_derives_a_valid_genotype(name):
     net = _tiny_net()
+    if SELECTORS.get(name).zero_cost:  # scored by a proxy: the library form of zc_pt
+        from tfnas.derive import ZeroCost, zero_cost_select
+        g = zero_cost_select(net, _data(), build=lambda g: net,
+                             zero_cost=ZeroCost("snip", iterations=1, validate_rounds=1))
+        g.validate(name)
+        assert len(g.cells["normal"]["edges"]) == 4
+        assert {r["kind"] for r in g.meta["decisions"]} == {"op", "topology"}
+        return
     g = select(net, _data(), selector=name, tune=None)
     g.validate(name)
     assert g.meta["selector"] == name and len(g.cells["normal"]["edges"]) == 4
@@ -167,7 +175,7 @@ def _doc_snippets():
     return dict(re.findall(r"<!-- snippet: ([\w-]+) -->\s*```python\n(.*?)```", text, re.S))
 
 
-@pytest.mark.parametrize("name", ["op", "space", "dataset", "selector"])
+@pytest.mark.parametrize("name", ["op", "space", "dataset", "selector", "proxy"])
 def test_extending_doc_snippets_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     snippets = _doc_snippets()

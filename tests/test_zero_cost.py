@@ -51,7 +51,14 @@ def test_zc_pt_decides_by_the_proxy_and_validates_every_candidate(searched, tmp_
     chosen = Genotype.from_json(candidates[validation["chosen"]]["genotype"])
     assert chosen.to_json()["cells"] == g.to_json()["cells"]
     distinct = {json.dumps(c["genotype"]["cells"], sort_keys=True) for c in candidates}
-    assert len(validation["sums"]) == len(distinct)
+    assert len(validation["sums"]) == len(validation["candidate_iterations"]) == len(distinct)
+    best = validation["candidate_iterations"][int(np.argmax(validation["sums"]))]
+    assert validation["chosen"] == best
+    # tfnas report draws the chosen candidate's proxy scores and the validation sums
+    assert main(["report", f"--workdir={wd}"]) == 0
+    for name in ("cells.png", "alpha_vs_pt.png", "selection.png"):
+        with open(os.path.join(wd, "report", name), "rb") as f:
+            assert f.read(4) == b"\x89PNG"
 
 
 def test_zc_pt_resumes_at_the_first_unfinished_iteration(searched, tmp_path):

@@ -64,11 +64,16 @@ def write_report(workdir):
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
     rows = read_jsonl(os.path.join(workdir, "selection", "scores.jsonl"))
+    zc = [r for r in rows if r["kind"] == "validation"]  # zc_pt: proxies, no accuracies
+    if zc:  # the chosen candidate's decisions
+        rows = [r for r in rows if r.get("iteration") == zc[-1]["chosen"]]
     ops_rows = [r for r in rows if r["kind"] == "op" and r["scores"]]
     figures = [("cells.png", _cells_figure(plt, found))]
     if ops_rows:
         figures.append(("alpha_vs_pt.png", _alpha_vs_pt_figure(plt, ops_rows)))
-    if rows:
+    if zc:
+        figures.append(("selection.png", _validation_figure(plt, zc[-1])))
+    elif rows:
         figures.append(("selection.png", _selection_figure(plt, rows)))
     written = []
     for name, fig in figures:
@@ -104,7 +109,7 @@ def _alpha_vs_pt_figure(plt, ops_rows):
         h1 = ax.bar([x - 0.2 for x in xs], [r["alphas"][o] for o in names], 0.4,
                     color="tab:blue")
         ax2 = ax.twinx()
-        h2 = ax2.bar([x + 0.2 for x in xs], [r["scores"][o]["acc"] for o in names], 0.4,
+        h2 = ax2.bar([x + 0.2 for x in xs], [_score(r["scores"][o]) for o in names], 0.4,
                      color="tab:orange")
         handles = handles or (h1, h2)
         ax.set_xticks(list(xs), [o.replace("_conv", "").replace("_3x3", "3")
@@ -113,10 +118,30 @@ def _alpha_vs_pt_figure(plt, ops_rows):
         ax.set_title(f"{r['cell']} {r['input']}->{r['node']}: {r['choice']}", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    what = f"{ops_rows[0]['proxy']} of the supernet" if "proxy" in ops_rows[0] else \
+        "supernet accuracy"
     fig.legend(handles, ["softmax(alpha) (left axis)",
-                         "supernet accuracy with the op removed (right axis)"],
+                         f"{what} with the op removed (right axis)"],
                loc="lower center", ncol=2, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def _score(s):
+    """A row's score of one op: PT's accuracy, or a zero-cost proxy's value (zc_pt)."""
+    return s["acc"] if isinstance(s, dict) else s
+
+
+def _validation_figure(plt, row):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sums = row["sums"]
+    ax.bar(range(1, len(sums) + 1), sums,
+           color=["tab:orange" if it == row["chosen"] else "tab:blue"
+                  for it in row["candidate_iterations"]])
+    ax.set_xlabel("distinct candidate")
+    ax.set_ylabel(f"{row['proxy']} (sum over the validation batches)")
+    ax.set_title("zc_pt validation (orange: selected)")
+    fig.tight_layout()
     return fig
 
 

@@ -14,6 +14,7 @@ GFLOP/s measured in the same process.
     python tools/bench.py --configs=darts_c8_l5_b32 --steps=5
     python tools/bench.py --configs=darts_c16_l8_b64 --recompute   # the memory-saving step
     python tools/bench.py --input=folder:/data/cifar10   # + the input pipeline alone
+    python tools/bench.py --configs=nb201_c16_n5_b64 --zc_proxies=nwot,synflow  # + proxies
     python tools/bench.py --rbench=RBENCH.py --reference_python=VENV/bin/python \
         --darts_pt=DARTS_PT_EXPORT --rounds=2               # side by side, measured ratios
 
@@ -50,7 +51,7 @@ CONFIGS = {
 }
 
 
-def run_one(name, steps, warmup, decision_batches=4, recompute=False):
+def run_one(name, steps, warmup, decision_batches=4, recompute=False, zc_proxies=()):
     """Times SearchLoop's own traced step on a synthetic CIFAR-shaped npz dataset."""
     t_launch = time.time()
     import tempfile
@@ -105,11 +106,12 @@ def run_one(name, steps, warmup, decision_batches=4, recompute=False):
         decision = {"seconds": time.time() - t0, "batches": decision_batches,
                     "ops": len(row["scores"]), "evaluations": (len(row["scores"]) + 2)
                     * decision_batches}
+    zc = zero_cost_costs(loop, bv, zc_proxies, med, pt) if zc_proxies else None
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     step_gflop = _step_gflop(loop, bt, bv)  # after the RSS: it traces the step once more
     return {"config": name, "images_per_s": b / med, "median_step_s": med,
             "pt_scoring_images_per_s": b / pt, "pt_scoring_batch_s": pt,
-            "one_op_decision": decision, "first_step_s": first,
+            "one_op_decision": decision, "zero_cost": zc, "first_step_s": first,
             "step_gflop": step_gflop, "achieved_gflop_s": step_gflop / med,
             "matmul_peak_gflop_s": _matmul_peak(),
             "peak_rss_gb": peak_rss_gb,
@@ -119,6 +121,47 @@ def run_one(name, steps, warmup, decision_batches=4, recompute=False):
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                 "note": "0 = TensorFlow's default (all cores)"}}
+
+
+def zero_cost_costs(loop, batch, proxies, med_step_s, pt_batch_s, repeats=3, images=25_000):
+    """Each proxy's trace and per-batch seconds on the supernet (a masked op), and the whole
+    selections these unit costs imply at the paper's split (`images` weight + `images` alpha
+    examples): PT with its schedule (every candidate + before/after over the alpha split per
+    decision, 5 tuning epochs per event) against zc_pt with the paper's N=10, V=100 (one
+    batch per candidate; the validation's discrete networks counted at the supernet's cost,
+    an upper bound). Estimates from measured unit costs, not a whole selection."""
+    from tfnas.derive.proxies import ProxyScorer
+    from tfnas.derive.zero_cost import zc_events
+    space, b = loop.space, loop.batch_size
+    events = zc_events(space, 0)
+    # evaluations per iteration: every candidate op; per topology node with n inputs, rounds
+    # scoring n, n - 1, ..., 3 remaining inputs
+    cand = sum(len(space.candidates(t, tgt)) if kind == "op" else
+               sum(range(3, len(space.cells[t].node_edges(tgt)) + 1))
+               for kind, targets in events for t, tgt in targets.items())
+    batches = -(-images // b)
+    tune_epochs = sum(space.tuning_epochs(len(events), 5))
+    pt_s = (cand + 2 * len(events) * len(space.cell_types)) * batches * pt_batch_s + \
+        tune_epochs * batches * med_step_s
+    arch = loop.model.archs[0]
+    arch.mask_op(0, 1)
+    out = {"pt_selection_estimate_s": pt_s, "proxies": {}}
+    for name in proxies:
+        scorer = ProxyScorer(loop.model, name)
+        t0 = time.time()
+        scorer(*batch)
+        trace = time.time() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.time()
+            scorer(*batch)
+            times.append(time.time() - t0)
+        per = statistics.median(times)
+        zc_s = trace + 10 * cand * per + 10 * 100 * per
+        out["proxies"][name] = {"trace_s": trace, "batch_s": per,
+                                "zc_selection_estimate_s": zc_s, "pt_over_zc": pt_s / zc_s}
+    arch.reset_op_mask()
+    return out
 
 
 def _graph_gflop(graph):
@@ -173,7 +216,8 @@ def input_rate(spec, batch, batches=200):
 def _tfnas(name, a):
     out = subprocess.run([sys.executable, __file__, f"--_child={name}", f"--steps={a.steps}",
                           f"--warmup={a.warmup}", f"--decision_batches={a.decision_batches}"]
-                         + (["--recompute"] if a.recompute else []),
+                         + (["--recompute"] if a.recompute else [])
+                         + ([f"--zc_proxies={a.zc_proxies}"] if a.zc_proxies else []),
                          capture_output=True, text=True,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if out.returncode:
@@ -235,11 +279,15 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds per config")
     p.add_argument("--recompute", action="store_true",
                    help="tfnas with --recompute (edges recompute activations: less memory)")
+    p.add_argument("--zc_proxies", default="",
+                   help="also time these zero-cost proxies (e.g. nwot,synflow) and estimate "
+                        "whole zc_pt and PT selections from the unit costs")
     p.add_argument("--_child", default="")
     a = p.parse_args()
     if a._child:  # one config per process, so launch time and peak RSS are its own
         from tfnas.cpuinfo import onednn_active
-        result = run_one(a._child, a.steps, a.warmup, a.decision_batches, a.recompute)
+        result = run_one(a._child, a.steps, a.warmup, a.decision_batches, a.recompute,
+                         [p for p in a.zc_proxies.split(",") if p])
         print(json.dumps({**result, "onednn_active": onednn_active()}))
         return
     side = [bool(x) for x in (a.rbench, a.reference_python, a.darts_pt)]

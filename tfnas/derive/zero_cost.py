@@ -169,9 +169,9 @@ def search_candidate(supernet, scorer, batches, zc, iteration, seed, decide, log
 
 
 def validate_candidates(genotypes, build, batches, zc, log=None):
-    """Step 2: {cells JSON: proxy sum over `zc.validate_rounds` batches} of each
-    distinct candidate (`build(genotype)` -> its discrete Keras model) and the best one's
-    index in `genotypes` (the first of equal sums)."""
+    """Step 2: ([proxy sum over `zc.validate_rounds` batches], [its first index in
+    `genotypes`]) per distinct candidate (`build(genotype)` -> its discrete Keras model), and
+    the best one's index in `genotypes` (the first of equal sums)."""
     sums, first = {}, {}
     rounds = [next(batches) for _ in range(zc.validate_rounds)]
     for i, g in enumerate(genotypes):
@@ -190,7 +190,7 @@ def validate_candidates(genotypes, build, batches, zc, log=None):
         if log:
             log(f"zc_pt validation: candidate {i + 1} {zc.proxy} sum {total:.6g}")
     best = max(sums, key=lambda k: (sums[k], -first[k]))
-    return sums, first[best]
+    return list(sums.values()), list(first.values()), first[best]
 
 
 def make_decide(budget=None, topology_rule="reference"):
@@ -236,7 +236,7 @@ def zero_cost_select(supernet, data, build, zero_cost=None, seed=0, budget=None,
         pool.append(genotype)
         rows += r
     state.restore()
-    sums, best = validate_candidates(pool, build, batches, zc, log)
+    sums, _, best = validate_candidates(pool, build, batches, zc, log)
     return Genotype(pool[best].space, pool[best].cells, meta={
         "selector": "zc_pt", "proxy": zc.proxy, "seed": seed, "decisions": rows,
-        "validation_sums": list(sums.values()), "chosen_iteration": best})
+        "validation_sums": sums, "chosen_iteration": best})

@@ -79,14 +79,15 @@ class ZeroCostRun:
             self.log(f"zc_pt iteration {it + 1}/{self.zc.iterations}: {_short(genotype)}; "
                      f"ETA {fmt_time(left)}")
         state.restore()
-        sums, best = validate_candidates(pool, self._build, self._batches(self.zc.iterations),
-                                         self.zc, self.log)
+        sums, firsts, best = validate_candidates(pool, self._build,
+                                                 self._batches(self.zc.iterations), self.zc,
+                                                 self.log)
         truncate_jsonl(self.scores_path, "iteration", self.zc.iterations)
         append_jsonl(self.scores_path, {"kind": "validation", "iteration": self.zc.iterations,
-                                        "proxy": self.zc.proxy, "sums": list(sums.values()),
-                                        "chosen": best})
+                                        "proxy": self.zc.proxy, "sums": sums,
+                                        "candidate_iterations": firsts, "chosen": best})
         self._tensorboard(sums)
-        return self._result(pool[best], list(sums.values()))
+        return self._result(pool[best], sums)
 
     def _build(self, genotype):
         """The discrete network of a candidate at the search's channels and cells, freshly
@@ -112,7 +113,7 @@ class ZeroCostRun:
         writer = tf.summary.create_file_writer(os.path.join(self.loop.workdir, "tb",
                                                             "selection"))
         with writer.as_default():
-            for i, value in enumerate(sums.values()):
+            for i, value in enumerate(sums):
                 tf.summary.scalar(f"zc_pt/{self.zc.proxy}_validation_sum", value, step=i)
         writer.flush()
 
