@@ -92,6 +92,39 @@ def _proxy_values(loop, names, seed):
     return lambda: {n: sc(*batch) for n, sc in scorers.items()}
 
 
+def _measure_op(loop, search_state, ctype, e, k, baseline, proxy_values, tuning, log):
+    """One (edge, op) row: alpha, PT score, proxies, accuracy discretised and converged."""
+    max_epochs, patience, lr, score_batches = tuning
+    space = loop.space
+    loop.checkpointer.restore(search_state)  # the trained supernet, every time
+    arch = loop.model.arch(ctype)
+    arch.mask_op(e, k)  # proxies first: the scoring passes below move BN statistics
+    without = proxy_values()
+    arch.reset_op_mask()
+    if (ctype, e) not in baseline:
+        baseline[(ctype, e)] = loop.evaluate(score_batches, batch_stats=True)[1]
+    alpha = float(np.asarray(arch.softmax())[e, k])
+    arch.mask_op(e, k)
+    pt_acc = loop.evaluate(score_batches, batch_stats=True)[1]
+    loop.checkpointer.restore(search_state)  # scoring with batch stats moved BN stats
+    loop.state.reset_weight_optimizer()  # fresh SGD for the tuning, as `tfnas select`
+    arch.fix_edge(e, k)
+    # every accuracy of a row is measured the same way as the PT score beside it
+    disc_acc = loop.evaluate(score_batches, batch_stats=True)[1]
+    records, best = tune_supernet(loop, max_epochs, lr, data_base=20_000, log=log,
+                                  patience=max(patience, 1),
+                                  eval_kw={"batches": score_batches, "batch_stats": True})
+    row = {"cell": ctype, "edge": e, "node": space.cells[ctype].edges[e][0],
+           "input": space.cells[ctype].edges[e][1], "op": space.cells[ctype].ops[e][k],
+           "alpha": alpha, "pt_acc_without": pt_acc, "supernet_acc": baseline[(ctype, e)],
+           "acc_discretized": disc_acc,
+           "acc_converged": disc_acc if best is None else best,  # None: 0 epochs
+           "epochs": len(records)}
+    if without:
+        row["proxy_without"] = without
+    return row
+
+
 def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, lr=0.0025,
                  ops="", score_batches=0, seed=0, log=print, strategy=None, proxies=""):
     """Discretisation accuracy at convergence of every op on the chosen edges (`proxies`:
@@ -120,38 +153,16 @@ def run_strength(workdir, edges="", random_edges=0, max_epochs=10, patience=2, l
     baseline = {}
     for ctype, e, k in todo:
         op = space.cells[ctype].ops[e][k]
-        loop.checkpointer.restore(search_state)  # the trained supernet, every time
-        arch = loop.model.arch(ctype)
-        arch.mask_op(e, k)  # proxies first: the scoring passes below move BN statistics
-        without = proxy_values()
-        arch.reset_op_mask()
-        if (ctype, e) not in baseline:
-            baseline[(ctype, e)] = loop.evaluate(score_batches, batch_stats=True)[1]
-        alpha = float(np.asarray(arch.softmax())[e, k])
-        arch.mask_op(e, k)
-        pt_acc = loop.evaluate(score_batches, batch_stats=True)[1]
-        loop.checkpointer.restore(search_state)  # scoring with batch stats moved BN stats
-        loop.state.reset_weight_optimizer()  # fresh SGD for the tuning, as `tfnas select`
-        arch.fix_edge(e, k)
-        # every accuracy of a row is measured the same way as the PT score beside it
-        disc_acc = loop.evaluate(score_batches, batch_stats=True)[1]
-        records, best = tune_supernet(loop, max_epochs, lr, data_base=20_000, log=log,
-                                      patience=max(patience, 1),
-                                      eval_kw={"batches": score_batches, "batch_stats": True})
-        row = {"cell": ctype, "edge": e, "node": space.cells[ctype].edges[e][0],
-               "input": space.cells[ctype].edges[e][1], "op": op, "alpha": alpha,
-               "pt_acc_without": pt_acc, "supernet_acc": baseline[(ctype, e)],
-               "acc_discretized": disc_acc,
-               "acc_converged": disc_acc if best is None else best,  # None: 0 epochs
-               "epochs": len(records), "settings": settings}
-        if without:
-            row["proxy_without"] = without
+        row = _measure_op(loop, search_state, ctype, e, k, baseline, proxy_values,
+                          (max_epochs, patience, lr, score_batches), log)
+        row["settings"] = settings
         append_jsonl(path, row)
         finished += 1
         eta = (time.time() - t_start) / finished * (len(todo) - finished)
-        log(f"strength {ctype} edge {row['input']}->{row['node']} {op}: alpha {alpha:.3f}, "
-            f"acc without it {pt_acc:.3f}, at convergence {row['acc_converged']:.3f} "
-            f"({len(records)} epochs)  [{finished}/{len(todo)}, ETA {fmt_time(eta)}]")
+        log(f"strength {ctype} edge {row['input']}->{row['node']} {op}: alpha "
+            f"{row['alpha']:.3f}, acc without it {row['pt_acc_without']:.3f}, at convergence "
+            f"{row['acc_converged']:.3f} ({row['epochs']} epochs)  [{finished}/{len(todo)}, "
+            f"ETA {fmt_time(eta)}]")
         with writer.as_default(step=finished):
             import tensorflow as tf
             tf.summary.scalar(f"strength/{ctype}_edge{e}/{op}", row["acc_converged"])
