@@ -61,11 +61,16 @@ def op_results(seed=0, channels=4, size=8):
             op = build_op(name, channels, stride, True, pool_bn=True)
             height = size + 1 if stride == 2 else size  # odd sizes at stride 2 too
             x = tf.constant(rng.normal(size=(2, height, size, channels)).astype("float32"))
-            op(x, training=True)
-            _randomize(op, rng)
-            arrays = _value_and_grads(op, x, rng, lambda t, op=op: op(t, training=True))
-            results.update({f"{name}/s{stride}/{k}": v for k, v in arrays.items()})
+            results.update(_numbers(op, x, rng, f"{name}/s{stride}"))
     return results
+
+
+def _numbers(layer, x, rng, prefix):
+    """`layer` built on `x`, its weights drawn from `rng`: {prefix/array: ndarray}."""
+    layer(x, training=True)
+    _randomize(layer, rng)
+    arrays = _value_and_grads(layer, x, rng, lambda t: layer(t, training=True))
+    return {f"{prefix}/{k}": v for k, v in arrays.items()}
 
 
 def supernet_results(seed=0):
@@ -77,10 +82,7 @@ def supernet_results(seed=0):
         rng = np.random.default_rng([seed, 100 + i])
         net = build_supernet(space, channels=4, layers=layers, input_shape=(16, 16, 3))
         x = tf.constant(rng.normal(size=(2, 16, 16, 3)).astype("float32"))
-        net(x, training=True)
-        _randomize(net, rng)
-        arrays = _value_and_grads(net, x, rng, lambda t, net=net: net(t, training=True))
-        results.update({f"{space}/{k}": v for k, v in arrays.items()})
+        results.update(_numbers(net, x, rng, space))
     return results
 
 
