@@ -188,3 +188,25 @@ def test_zc_pt_on_two_replicas_scores_as_one_device(searched, tmp_path):
         values = sorted(a["scores"].values())
         if len(values) > 1 and values[1] - values[0] > 1e-4 * abs(values[0]):
             assert a["choice"] == b["choice"]  # not a near-tie that rounding may flip
+
+
+def test_zc_pt_keeps_every_candidate_within_a_budget(searched, tmp_path):
+    from tfnas.cost import count_params
+    from tfnas.derive.budget import Budget, Network
+    from tfnas.models import build_model
+    space = Genotype.load(os.path.join(searched, "genotype_magnitude.json")).space_obj
+    params = Budget(space, "params", 1e12, Network(10, (8, 8, 1), 4, 3))
+    ops = space.cells["normal"].ops[0]
+    limit = int(params.fixed + params.table["normal"][0][ops.index("sep_conv_3x3")])
+    wd = _copy(searched, tmp_path)
+    assert main(["select", f"--workdir={wd}", *ZC, "--proxy=synflow",
+                 f"--max_params={limit}"]) == 0
+    for c in read_jsonl(os.path.join(wd, "selection", "candidates.jsonl")):
+        g = Genotype.from_json(c["genotype"])
+        assert count_params(build_model(g, 10, (8, 8, 1), 4, 3)) <= limit
+    g = Genotype.load(os.path.join(wd, "genotype.json"))
+    assert g.meta["budget"]["limit"] == limit and g.meta["budget"]["cost"] <= limit
+    rows = [r for r in read_jsonl(os.path.join(wd, "selection", "scores.jsonl"))
+            if r["kind"] == "op"]
+    assert all(r["choice"] not in r.get("over_budget", []) for r in rows)
+    assert any(r.get("over_budget") for r in rows)  # the budget really constrained a choice
