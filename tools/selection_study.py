@@ -56,12 +56,14 @@ def main(argv=None):
                 seconds, g = select_once(run, flags, scratch)
                 bench = g.get("meta", {}).get("benchmark", {})
                 row = {"run": run, "variant": name, "flags": flags, "seconds": seconds,
-                       "arch": g.get("arch_str"), "benchmark": bench}
+                       "arch": g.get("arch_str"), "benchmark": bench, "cells": g["cells"]}
                 rows.append(row)
                 print(f"{os.path.basename(run)} {name}: {seconds:.1f} s {row['arch']} "
                       f"{bench}", flush=True)
                 with open(a.out, "w") as f:
                     json.dump(rows, f, indent=1)
+    if not rows[0]["benchmark"]:  # no --benchmark_table: the kept cells say it
+        return 0
     print("\n| variant | mean seconds | " + " | ".join(sorted(rows[0]["benchmark"])) + " |")
     for name, _ in variants:
         mine = [r for r in rows if r["variant"] == name]
