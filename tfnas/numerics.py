@@ -43,8 +43,10 @@ def _value_and_grads(layer, x, rng, call):
     weights = list(layer.trainable_weights)
     grads = tape.gradient(loss, [x] + weights)
     out = {"out": y.numpy(), "d_input": grads[0].numpy()}
-    for w, g in zip(weights, grads[1:]):
-        out[f"d_{w.path}"] = tf.convert_to_tensor(g).numpy()
+    for i, (w, g) in enumerate(zip(weights, grads[1:])):
+        # by position and own name: Keras numbers layer names per process (sep_conv_3x3_2),
+        # so paths differ between processes that built other layers before
+        out[f"d_{i:04d}_{w.name}"] = tf.convert_to_tensor(g).numpy()
     return out
 
 
