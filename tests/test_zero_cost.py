@@ -169,6 +169,7 @@ def test_the_library_call_selects_as_the_decisions_say_and_leaves_the_state(tiny
         select(net, data, selector="zc_pt")
 
 
+@pytest.mark.slow  # two fresh processes (~40 s): -m slow
 def test_zc_pt_on_two_replicas_scores_as_one_device(searched, tmp_path):
     import subprocess
     import sys
