@@ -132,11 +132,11 @@ def proxy_evaluate(scorer, batch, arch, space, ctype):
 
 
 def proxy_row(row, proxy, iteration):
-    """A decision row of `decide` with proxy values named as such."""
+    """A decision row of `decide` with proxy values named as such (no before / after
+    values: Zero-Cost-PT measures the candidates only)."""
     out = {k: v for k, v in row.items() if k not in ("acc_before", "acc_after", "scores",
                                                      "rounds")}
-    out.update(proxy=proxy, iteration=iteration, proxy_before=row["acc_before"],
-               proxy_after=row["acc_after"])
+    out.update(proxy=proxy, iteration=iteration)
     if row["kind"] == "op":
         out["scores"] = {op: s["acc"] for op, s in row.get("scores", {}).items()}
     else:
