@@ -113,3 +113,19 @@ def test_a_proxy_traces_once_for_every_mask(nb201):
 def test_an_unknown_proxy_lists_the_registered_ones():
     with pytest.raises(Exception, match="nwot"):
         get_proxy("nope")
+
+
+def test_synflow_leaves_the_shared_edge_traces_with_their_batch_norms():
+    """SynFlow traces the supernet with BN as identities: those edges must not end up in the
+    shared edge functions that training and scoring reuse afterwards."""
+    from tfnas.ops.norm import running_stats_frozen
+    keras.utils.set_random_seed(0)
+    net = build_supernet("nb201", channels=4, layers=1, num_classes=5, input_shape=(8, 8, 3))
+    x, y = _batch((8, 8, 3), 5, n=8)
+    ProxyScorer(net, "synflow")(x, y)  # first: any edge it left in the pool is BN-free
+    one = x[:1]  # SynFlow's input is one image: the same shapes as this batch of one
+    with running_stats_frozen():
+        shared = tf.function(lambda t: net(t, training=True))(one).numpy()
+        net.share_edge_traces(False)
+        own = tf.function(lambda t: net(t, training=True))(one).numpy()
+    np.testing.assert_allclose(shared, own, rtol=1e-4, atol=1e-5)

@@ -204,7 +204,10 @@ class ProxyScorer:
         def run(x, y):
             with contextlib.ExitStack() as stack:
                 stack.enter_context(running_stats_frozen())
-                if self.proxy.taps:
+                if self.proxy.taps or self.proxy.bn_free:
+                    # taps must land in this graph; a BN-free edge must not be cached in
+                    # the supernet's shared edge traces (keyed without the bypass), where
+                    # training and scoring would reuse it
                     stack.enter_context(_own_edge_traces(model))
                 if self.proxy.bn_free:
                     stack.enter_context(bypassed())
