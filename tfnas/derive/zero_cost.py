@@ -168,6 +168,20 @@ def search_candidate(supernet, scorer, batches, zc, iteration, seed, decide, log
     return genotype, rows
 
 
+def iterate_candidates(supernet, scorer, zc, seed, decide, batches_for, start=0, log=None):
+    """Step 1 from iteration `start`: yields (iteration, genotype, rows), each iteration from
+    the selection state the supernet started with (restored again after the last one);
+    `batches_for(iteration)` -> the iterator of (x, y) that iteration reads."""
+    state = SelectionState(supernet)
+    try:
+        for it in range(start, zc.iterations):
+            state.restore()
+            yield (it, *search_candidate(supernet, scorer, batches_for(it), zc, it, seed,
+                                         decide, log))
+    finally:
+        state.restore()
+
+
 def validate_candidates(genotypes, build, batches, zc, log=None):
     """Step 2: ([proxy sum over `zc.validate_rounds` batches], [its first index in
     `genotypes`]) per distinct candidate (`build(genotype)` -> its discrete Keras model), and
@@ -225,17 +239,15 @@ def zero_cost_select(supernet, data, build, zero_cost=None, seed=0, budget=None,
     """
     zc = (zero_cost or ZeroCost()).check()
     batches = iter(data.repeat())
-    state, scorer = SelectionState(supernet), ProxyScorer(supernet, zc.proxy)
+    scorer = ProxyScorer(supernet, zc.proxy)
     if budget is not None:
         budget.check_feasible({t: supernet.arch(t) for t in supernet.space.cell_types})
     pool, rows = [], []
-    for it in range(zc.iterations):
-        state.restore()
-        genotype, r = search_candidate(supernet, scorer, batches, zc, it, seed,
-                                       make_decide(budget, topology_rule), log)
+    for _, genotype, r in iterate_candidates(supernet, scorer, zc, seed,
+                                             make_decide(budget, topology_rule),
+                                             lambda it: batches, log=log):
         pool.append(genotype)
         rows += r
-    state.restore()
     sums, _, best = validate_candidates(pool, build, batches, zc, log)
     return Genotype(pool[best].space, pool[best].cells, meta={
         "selector": "zc_pt", "proxy": zc.proxy, "seed": seed, "decisions": rows,

@@ -15,7 +15,7 @@ import time
 import keras
 
 from tfnas.derive.proxies import ProxyScorer
-from tfnas.derive.zero_cost import (SelectionState, ZeroCost, make_decide, search_candidate,
+from tfnas.derive.zero_cost import (ZeroCost, iterate_candidates, make_decide,
                                     validate_candidates)
 from tfnas.genotype import Genotype
 from tfnas.io import append_jsonl, fmt_time, read_jsonl, truncate_jsonl
@@ -64,13 +64,10 @@ class ZeroCostRun:
         """Searches the candidates (or resumes), validates them; returns the Genotype."""
         pool = self._restore()
         model = self.loop.model
-        state = SelectionState(model)
         scorer = ProxyScorer(model, self.zc.proxy)
         t0, first = time.time(), len(pool)
-        for it in range(len(pool), self.zc.iterations):
-            state.restore()
-            genotype, rows = search_candidate(model, scorer, self._batches(it), self.zc, it,
-                                              self.seed, self._decide)
+        for it, genotype, rows in iterate_candidates(model, scorer, self.zc, self.seed,
+                                                     self._decide, self._batches, first):
             for row in rows:
                 append_jsonl(self.scores_path, row)
             append_jsonl(self.candidates_path, {"iteration": it, "genotype": genotype.to_json()})
@@ -78,7 +75,6 @@ class ZeroCostRun:
             left = (time.time() - t0) / (it - first + 1) * (self.zc.iterations - it - 1)
             self.log(f"zc_pt iteration {it + 1}/{self.zc.iterations}: {_short(genotype)}; "
                      f"ETA {fmt_time(left)}")
-        state.restore()
         sums, firsts, best = validate_candidates(pool, self._build,
                                                  self._batches(self.zc.iterations), self.zc,
                                                  self.log)
